@@ -1,0 +1,96 @@
+"""The shared vocabulary of dexhier: joint names, observation keys, frames and units.
+
+Every other module imports names from here instead of spelling strings itself, so that
+the twin, the episode files, the policies and the ROS nodes agree. This module imports
+nothing but the standard library.
+
+Units are SI everywhere in code and on disk: metres, radians, seconds, kilograms,
+newtons. Millimetres appear only in human-facing reports (keys ending in ``_mm``).
+"""
+
+from __future__ import annotations
+
+# --- Joints ------------------------------------------------------------------------------
+# Default cell: a UR5e-like arm and a LEAP-like right hand. A user-supplied robot (MJCF)
+# brings its own joint names; code must read them from the robot spec, never assume these.
+ARM_JOINTS: tuple[str, ...] = (
+    "shoulder_pan_joint",
+    "shoulder_lift_joint",
+    "elbow_joint",
+    "wrist_1_joint",
+    "wrist_2_joint",
+    "wrist_3_joint",
+)
+"""Arm joint names (revolute, rad), base to flange."""
+
+FINGERS: tuple[str, ...] = ("if", "mf", "rf", "th")
+"""Finger prefixes: index, middle, ring, thumb."""
+
+HAND_JOINTS: tuple[str, ...] = (
+    "if_mcp", "if_rot", "if_pip", "if_dip",
+    "mf_mcp", "mf_rot", "mf_pip", "mf_dip",
+    "rf_mcp", "rf_rot", "rf_pip", "rf_dip",
+    "th_cmc", "th_axl", "th_mcp", "th_ipl",
+)  # fmt: skip
+"""Hand joint names (revolute, rad), LEAP hand naming: four joints per finger."""
+
+TOOL_JOINTS: tuple[str, ...] = ("tweezer_hinge_a", "tweezer_hinge_b")
+"""Tweezer arm hinges (rad); positive opens the tool. Coupled by a joint equality."""
+
+TOOL_STATE_NAMES: tuple[str, ...] = ("tip_gap", "opening_angle")
+"""Names of the tool-state fields: tip gap (m) and half-opening angle theta (rad)."""
+
+# --- Frames (ROS frame ids) --------------------------------------------------------------
+FRAME_BASE = "base_link"
+"""Robot base frame. In the twin it coincides with the world frame; z up, table top at z=0."""
+FRAME_FLANGE = "flange"
+FRAME_PALM = "palm"
+FRAME_TOOL_TIP = "tool_tip"
+"""Midpoint between the two tweezer tips."""
+FRAME_SCENE_CAMERA = "scene_camera_optical_frame"
+FRAME_WRIST_CAMERA = "wrist_camera_optical_frame"
+
+# --- Cameras ------------------------------------------------------------------------------
+CAMERAS: tuple[str, ...] = ("scene", "wrist")
+"""Camera names. ``scene`` is fixed in the cell; ``wrist`` rides on the hand."""
+
+
+# --- Observation keys ----------------------------------------------------------------------
+def rgb_key(camera: str) -> str:
+    """Key of a colour image: uint8 array (H, W, 3)."""
+    return f"rgb/{camera}"
+
+
+def depth_key(camera: str) -> str:
+    """Key of a depth image: float32 array (H, W), metres along the optical axis; 0 = no return."""
+    return f"depth/{camera}"
+
+
+OBS_ARM_QPOS = "arm/qpos"
+"""float64 (6,) arm joint positions, rad, in ``ARM_JOINTS`` order of the robot spec."""
+OBS_ARM_QVEL = "arm/qvel"
+"""float64 (6,) arm joint velocities, rad/s."""
+OBS_HAND_QPOS = "hand/qpos"
+"""float64 (16,) hand joint positions, rad."""
+OBS_HAND_QVEL = "hand/qvel"
+"""float64 (16,) hand joint velocities, rad/s."""
+OBS_TOOL_TIP_GAP = "tool/tip_gap"
+"""float64 (1,) tweezer tip gap, m, as measured by the twin (at run time: perception)."""
+OBS_POINTS = "points"
+"""float32 (N, 3) point cloud in ``FRAME_BASE``, m, from the scene camera's depth."""
+OBS_POINTS_LABEL = "points/label"
+"""int8 (N,) segmentation label per point, values from ``SEG_LABELS``."""
+
+ACTION = "action"
+"""float64 (A,) absolute joint position targets, arm joints then hand joints, rad."""
+ACTION_REQUEST = "action/request"
+"""The raw requested action, before clamping to joint limits."""
+
+SEG_LABELS: dict[str, int] = {"background": 0, "table": 1, "robot": 2, "tool": 3, "object": 4, "bin": 5}
+"""Segmentation label values used in ``OBS_POINTS_LABEL``."""
+
+# --- Rates ---------------------------------------------------------------------------------
+CONTROL_HZ_DEFAULT = 20.0
+"""Policy / action rate, Hz."""
+PHYSICS_HZ_DEFAULT = 500.0
+"""Physics integration rate of the twin, Hz."""
