@@ -94,3 +94,12 @@ CONTROL_HZ_DEFAULT = 20.0
 """Policy / action rate, Hz."""
 PHYSICS_HZ_DEFAULT = 500.0
 """Physics integration rate of the twin, Hz."""
+
+
+def camera_pose_key(camera: str) -> str:
+    """Key of a camera's pose: float64 (4, 4) transform of its optical frame in ``FRAME_BASE``."""
+    return f"camera_pose/{camera}"
+
+
+STEP_TIME = "time"
+"""float64 scalar: time of the step, s, on the clock that was running (sim time in the twin)."""

@@ -80,25 +80,31 @@ class ObjectParams:
         )
 
 
+ARMS: dict[str, str] = {"ur5e_like": "built-in UR5e-like 6-DoF arm"}
+"""Built-in arm models by name; any other value of ``CellConfig.arm`` must be an MJCF path."""
+HANDS: dict[str, str] = {"leap_like": "built-in LEAP-like 16-DoF hand"}
+"""Built-in hand models by name; any other value of ``CellConfig.hand`` must be an MJCF path."""
+
+
 @dataclass(frozen=True)
 class CellConfig:
     """Parameters of the cell model.
 
     Attributes:
-        arm_mjcf: a user MJCF file for the arm, or None for the built-in UR5e-like arm.
+        arm: a built-in arm name (``ARMS``) or the path of a user MJCF file for the arm.
         arm_flange_site: the site on the arm where the hand attaches (+z out of the flange).
-        hand_mjcf: a user MJCF file for the hand, or None for the built-in LEAP-like hand.
+        hand: a built-in hand name (``HANDS``) or the path of a user MJCF file for the hand.
         hand_root_body: the hand's root body (attached to the flange).
         tool_mount_site: site on the hand where the tweezer hangs (+z along the tool).
         tool: tweezer dimensions.
         physics_hz: physics rate (Hz); the timestep is its inverse.
-        arm_home: arm home joint positions (rad), or None for the model's ``home`` keyframe
-            (user MJCF) or the built-in home pose.
+        arm_home: arm home joint positions (rad), or None for the built-in home pose or, for
+            a user MJCF, its ``home`` keyframe (zeros if it has none).
     """
 
-    arm_mjcf: Path | None = None
+    arm: str = "ur5e_like"
     arm_flange_site: str = ur5e_like_arm.FLANGE_SITE
-    hand_mjcf: Path | None = None
+    hand: str = "leap_like"
     hand_root_body: str = leap_like_hand.ROOT_BODY
     tool_mount_site: str = leap_like_hand.TOOL_MOUNT_SITE
     tool: TweezerParams = field(default_factory=TweezerParams)
@@ -108,9 +114,22 @@ class CellConfig:
     def __post_init__(self) -> None:
         if not 50.0 <= self.physics_hz <= 5000.0:
             raise CellBuildError(f"physics_hz must be in [50, 5000], got {self.physics_hz}")
-        for path in (self.arm_mjcf, self.hand_mjcf):
-            if path is not None and not Path(path).is_file():
-                raise CellBuildError(f"robot MJCF file not found: {path}")
+        for value, builtin, what in ((self.arm, ARMS, "arm"), (self.hand, HANDS, "hand")):
+            if value not in builtin and not Path(value).is_file():
+                raise CellBuildError(
+                    f"unknown {what} {value!r}: not a built-in {what} ({', '.join(builtin)}) "
+                    f"and not an existing MJCF file"
+                )
+
+    @property
+    def arm_mjcf(self) -> Path | None:
+        """The user arm MJCF path, or None for the built-in arm."""
+        return None if self.arm in ARMS else Path(self.arm)
+
+    @property
+    def hand_mjcf(self) -> Path | None:
+        """The user hand MJCF path, or None for the built-in hand."""
+        return None if self.hand in HANDS else Path(self.hand)
 
 
 @dataclass(frozen=True)
@@ -153,8 +172,8 @@ def _look_at_quat(pos: np.ndarray, target: np.ndarray, up=(0.0, 0.0, 1.0)) -> np
 
 def _world_mjcf(cfg: CellConfig, obj: ObjectParams) -> str:
     ts = 1.0 / cfg.physics_hz
-    cam_pos = np.array([1.0, 0.0, 0.55])
-    cam_quat = _look_at_quat(cam_pos, np.array([0.47, 0.08, 0.0]))
+    cam_pos = np.array([0.92, 0.09, 0.45])
+    cam_quat = _look_at_quat(cam_pos, np.array([0.46, 0.09, 0.0]))
     cam = " ".join(f"{v:.6f}" for v in cam_pos)
     camq = " ".join(f"{v:.6f}" for v in cam_quat)
     bx, by = BIN_CENTER
@@ -197,7 +216,7 @@ def _world_mjcf(cfg: CellConfig, obj: ObjectParams) -> str:
       {obj.geom_mjcf()}
     </body>
     {tool_mod.tweezer_body_mjcf(cfg.tool)}
-    <camera name="{SCENE_CAMERA}" pos="{cam}" quat="{camq}" fovy="42"/>
+    <camera name="{SCENE_CAMERA}" pos="{cam}" quat="{camq}" fovy="52"/>
   </worldbody>
   <equality>
     {tool_mod.tool_equality_mjcf()}
@@ -311,7 +330,7 @@ def build_cell(cfg: CellConfig, obj: ObjectParams) -> tuple[mujoco.MjModel, Robo
         data=np.concatenate([[0, 0, 0], mount_in_palm, [1.0, 0.0]]),
         solref=[0.005, 1.0],
     )
-    wrist_pos = np.array([0.0, -0.075, -0.01])
+    wrist_pos = np.array([0.12, -0.06, 0.05])
     wrist_target = np.array([0.0, 0.0, 0.03 + cfg.tool.arm_length])
     palm.add_camera(
         name=WRIST_CAMERA,

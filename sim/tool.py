@@ -1,7 +1,8 @@
 """The tweezer tool: geometry, its tip-gap law, and its MJCF.
 
 Two straight arms pivot on a common base about parallel hinges (axis x of the tool frame),
-hanging along +z of the tool frame. Each hinge has a linear spring (``stiffness``) whose
+hanging along +z of the tool frame. The closed stop (tips touching, gap 0) is the hinges'
+lower limit; the arms do not collide with each other, so they cannot lock after an impact. Each hinge has a linear spring (``stiffness``) whose
 rest angle ``springref`` is the fully open angle, so the tool rests open and the fingers
 close it by pressing the outer grip pads; a joint equality keeps the arms symmetric.
 
@@ -78,7 +79,7 @@ class TweezerParams:
 def tweezer_body_mjcf(p: TweezerParams, pos: str = "0 0 0.5") -> str:
     """MJCF ``<body>`` of the free-floating tool (it is held by a weld to the hand)."""
     t, w, L = p.arm_thickness, p.arm_width, p.arm_length
-    pad_in = 0.001  # the tip pads protrude this far inward from the plate
+    pad_in = 0.002  # the tip pads protrude this far inward from the plate
     hinge_y = p.gap_at_zero / 2 + pad_in + t / 2
     lo, hi = p.theta_closed, p.theta_open + 0.02
     arms = []
@@ -90,12 +91,12 @@ def tweezer_body_mjcf(p: TweezerParams, pos: str = "0 0 0.5") -> str:
       <body name="{body}" pos="0 {sgn * hinge_y:.5f} 0">
         <joint name="{joint}" type="hinge" axis="{axis}" range="{lo:.5f} {hi:.5f}"
                stiffness="{p.stiffness}" springref="{p.theta_open:.5f}" damping="0.002"
-               armature="0.0001" solreflimit="0.004 1"/>
+               armature="0.0001" solreflimit="0.004 1" solimplimit="0.95 0.99 0.001"/>
         <geom type="box" size="{w / 2} {t / 2} {L / 2 + 0.004}" pos="0 0 {L / 2 + 0.002}"
               class="tool"/>
         <geom name="{body}_tip_pad" type="box" size="{w / 2} {pad_in / 2} 0.004"
               pos="0 {-sgn * (t / 2 + pad_in / 2):.5f} {L}" class="tool" friction="1.0"
-              rgba="0.3 0.3 0.35 1" contype="36" conaffinity="43"/>
+              rgba="0.3 0.3 0.35 1"/>
         <geom name="{body}_grip_pad" type="box" size="0.016 0.002 0.022" density="1200"
               pos="0 {sgn * (t / 2 + 0.002):.5f} {p.grip_pad_depth}" class="tool" rgba="0.2 0.45 0.8 1"/>
         <site name="{tip_site}" pos="0 {-sgn * (t / 2 + pad_in):.5f} {L}" size="0.002"/>

@@ -121,6 +121,7 @@ class TwinEnv(Backend):
             for cam in cfg.cameras:
                 spec[V.rgb_key(cam)] = ArraySpec((*hw, 3), "uint8")
                 spec[V.depth_key(cam)] = ArraySpec(hw, "float32", "m", "0 = no return")
+                spec[V.camera_pose_key(cam)] = ArraySpec((4, 4), "float64", "m", "optical frame in base")
         if cfg.points:
             spec[V.OBS_POINTS] = ArraySpec((-1, 3), "float32", "m", f"in {V.FRAME_BASE}")
             spec[V.OBS_POINTS_LABEL] = ArraySpec((-1,), "int8", "", "values of SEG_LABELS")
@@ -245,6 +246,10 @@ class TwinEnv(Backend):
             for cam in cfg.cameras:
                 obs[V.rgb_key(cam)] = self._renderer.rgb(d, cam)
                 obs[V.depth_key(cam)] = self._renderer.depth(d, cam)
+                rot, trans = camera_pose(d, cam)
+                pose = np.eye(4)
+                pose[:3, :3], pose[:3, 3] = rot, trans
+                obs[V.camera_pose_key(cam)] = pose
         if cfg.points:
             ids = self._renderer.geom_ids(d, SCENE_CAMERA)
             labels = np.where(ids >= 0, self._seg_table[np.maximum(ids, 0)], V.SEG_LABELS["background"])

@@ -83,7 +83,7 @@ def hand_mjcf() -> str:
       <joint damping="0.05" armature="0.002" frictionloss="0.001"/>
       <geom type="capsule" density="2500" friction="0.8" rgba="0.15 0.15 0.17 1"
             contype="8" conaffinity="3" condim="4" solref="0.004 1" solimp="0.95 0.99 0.0005"/>
-      <position kp="4" kv="0.08" forcerange="-2 2"/>
+      <position kp="4" kv="0.08" forcerange="-0.7 0.7"/>
       <default class="fingertip">
         <geom friction="1.0" rgba="0.85 0.85 0.8 1"/>
       </default>

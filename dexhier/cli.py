@@ -1,0 +1,277 @@
+"""The ``dexhier`` command line.
+
+Every command that produces figures accepts ``--json`` and then prints one JSON object as
+the last line of stdout. Progress goes to stderr. Bad arguments give a one-line error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, without the usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _tasks() -> list[str]:
+    from sim.tasks import TASKS
+
+    return sorted(TASKS)
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="ep", file=sys.stderr, dynamic_ncols=True, disable=None)
+
+
+def _emit(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(summary, default=float))
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"size must look like 64x64, got {text!r}") from err
+    if not (8 <= w <= 640 and 8 <= h <= 480):
+        raise argparse.ArgumentTypeError(f"size {text} outside 8x8 .. 640x480")
+    return w, h
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+# ------------------------------------------------------------------------------- commands
+def cmd_sim_render(args: argparse.Namespace) -> int:
+    import imageio.v2 as imageio
+
+    from sim.twin import TwinConfig, TwinEnv
+
+    env = TwinEnv(TwinConfig(task=args.task, render=False, points=False))
+    env.reset(args.seed)
+    w, h = args.size
+    frame = env.render(args.camera, w, h)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    imageio.imwrite(args.out, frame)
+    print(f"wrote {args.out} ({w}x{h}, camera {args.camera}, task {args.task}, seed {args.seed})")
+    print(f"instruction: {env.instance.instruction}")
+    env.close()
+    return 0
+
+
+def cmd_sim_info(args: argparse.Namespace) -> int:
+    from sim.twin import TwinConfig, TwinEnv
+
+    env = TwinEnv(TwinConfig(task=args.task))
+    spec = env.action_spec
+    info = {
+        "task": args.task,
+        "time_limit_s": env.time_limit,
+        "control_hz": env.config.control_hz,
+        "physics_hz": env.config.cell.physics_hz,
+        "arm_joints": list(env.robot.arm_joints),
+        "hand_joints": list(env.robot.hand_joints),
+        "action_lower": spec.lower.round(4).tolist(),
+        "action_upper": spec.upper.round(4).tolist(),
+        "observation": {k: {"shape": list(s.shape), "dtype": s.dtype, "unit": s.unit}
+                        for k, s in env.observation_spec.items()},
+    }  # fmt: skip
+    print(f"task {args.task}: time limit {env.time_limit} s, {env.config.control_hz:g} Hz control")
+    print(f"action: {spec.size} joint targets (rad): {', '.join(spec.names)}")
+    for key, s in env.observation_spec.items():
+        print(f"  obs {key:18s} {str(s.shape):14s} {s.dtype:8s} {s.unit}")
+    env.close()
+    _emit(args, info)
+    return 0
+
+
+def cmd_collect_expert(args: argparse.Namespace) -> int:
+    from dexhier.collection import CollectRequest, collect
+
+    req = CollectRequest(
+        task=args.task,
+        episodes=args.episodes,
+        seed=args.seed,
+        out=args.out,
+        workers=args.workers,
+        image_size=args.image_size,
+        only_success=args.only_success,
+    )
+    results = []
+    with _progress(req.episodes, f"collect {req.task}") as bar:
+        for res in collect(req):
+            results.append(res)
+            bar.update(1)
+            bar.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}")
+    ok = sum(r.success for r in results)
+    kept = ok if req.only_success else len(results)
+    print(f"wrote {kept} episodes to {req.out} ({ok}/{len(results)} successful)")
+    _emit(args, {"out": str(req.out), "episodes": len(results), "written": kept,
+                 "success_rate": ok / len(results), "task": req.task, "seed": req.seed})  # fmt: skip
+    return 0
+
+
+def _run_eval(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    from dexhier.evaluation import EvalRequest, format_table, iter_results, summarize, write_report
+
+    req = EvalRequest(
+        policy=args.policy,
+        task=args.task,
+        episodes=args.episodes,
+        seed=args.seed,
+        workers=args.workers,
+        video_dir=args.video,
+        videos=args.videos,
+    )
+    results = []
+    with _progress(req.episodes, f"eval {req.policy} {req.task}") as bar:
+        for res in iter_results(req):
+            results.append(res)
+            bar.update(1)
+            bar.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}")
+    summary = summarize(req, results)
+    print(format_table(summary))
+    videos = sorted(Path(req.video_dir).glob(f"{req.task}_{req.policy}_seed*.mp4")) if req.video_dir else []
+    report = args.report or Path("out") / "eval" / f"{req.policy}_{req.task}.md"
+    write_report(summary, report, command, videos)
+    summary["report"] = str(report)
+    summary["videos"] = [str(v) for v in videos]
+    print(f"report: {report}")
+    return summary
+
+
+def cmd_eval_rollout(args: argparse.Namespace) -> int:
+    summary = _run_eval(args, "dexhier " + shlex.join(sys.argv[1:]))
+    _emit(args, summary)
+    return 0
+
+
+def cmd_bench_twin(args: argparse.Namespace) -> int:
+    from dexhier.bench import bench_twin
+
+    result = bench_twin(episodes=args.episodes, progress=lambda m: print(f"bench: {m}", file=sys.stderr))
+    for key, value in result.items():
+        print(f"{key:34s} {value:.3f}" if isinstance(value, float) else f"{key:34s} {value}")
+    _emit(args, result)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    print(f"dexhier demo: the privileged expert solves '{args.task}' in the MuJoCo twin "
+          f"({args.episodes} seeded episodes, {args.workers} workers)")  # fmt: skip
+    ns = argparse.Namespace(
+        policy="expert", task=args.task, episodes=args.episodes, seed=args.seed, workers=args.workers,
+        video=out / "videos", videos=2, report=out / "report.md", json=args.json,
+    )  # fmt: skip
+    summary = _run_eval(ns, f"dexhier demo --task {args.task} --episodes {args.episodes} --seed {args.seed}")
+    print(f"videos: {', '.join(summary['videos'])}")
+    _emit(args, summary)
+    return 0
+
+
+# --------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    tasks = _tasks()
+    from dexhier.evaluation import POLICIES
+
+    p = _Parser(prog="dexhier", description="dexhier: hierarchical tool manipulation with a dexterous hand.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    def add_json(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+
+    sim = sub.add_parser("sim", help="the MuJoCo twin: render frames, show specs")
+    sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND", parser_class=_Parser)
+    r = sim_sub.add_parser("render", help="render one camera frame of a seeded episode start to PNG")
+    r.add_argument("--task", choices=tasks, default="tweezer_pick", help="task (default: %(default)s)")
+    r.add_argument("--seed", type=int, default=0, help="episode seed (default: %(default)s)")
+    r.add_argument("--out", type=Path, default=Path("frame.png"), help="output PNG (default: %(default)s)")
+    r.add_argument("--camera", choices=["scene", "wrist"], default="scene", help="camera (default: %(default)s)")
+    r.add_argument("--size", type=_size, default=(640, 480), help="WIDTHxHEIGHT (default: 640x480)")
+    r.set_defaults(func=cmd_sim_render)
+    i = sim_sub.add_parser("info", help="print joint names, limits and the observation spec")
+    i.add_argument("--task", choices=tasks, default="tweezer_pick")
+    add_json(i)
+    i.set_defaults(func=cmd_sim_info)
+
+    col = sub.add_parser("collect", help="collect demonstration episodes")
+    col_sub = col.add_subparsers(dest="collect_command", required=True, metavar="SOURCE", parser_class=_Parser)
+    ce = col_sub.add_parser("expert", help="episodes of the privileged expert, in the episode format")
+    ce.add_argument("--task", choices=tasks, required=True)
+    ce.add_argument("--episodes", type=_positive, default=10, help="number of episodes (default: %(default)s)")
+    ce.add_argument("--seed", type=int, default=0, help="seed of episode 0; episode i uses seed+i")
+    ce.add_argument("--out", type=Path, required=True, help="dataset directory (created or appended to)")
+    ce.add_argument("--workers", type=_positive, default=1, help="parallel worker processes (default: 1)")
+    ce.add_argument("--image-size", type=_size, default=(64, 64), help="camera WIDTHxHEIGHT (default: 64x64)")
+    ce.add_argument("--only-success", action="store_true", help="write successful episodes only")
+    add_json(ce)
+    ce.set_defaults(func=cmd_collect_expert)
+
+    ev = sub.add_parser("eval", help="evaluate policies")
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="EVAL", parser_class=_Parser)
+    er = ev_sub.add_parser("rollout", help="closed-loop seeded episodes in the twin")
+    er.add_argument("--policy", choices=sorted(POLICIES), default="expert", help="policy (default: expert)")
+    er.add_argument("--task", choices=tasks, required=True)
+    er.add_argument("--episodes", type=_positive, default=20, help="number of episodes (default: %(default)s)")
+    er.add_argument("--seed", type=int, default=0, help="seed of episode 0; episode i uses seed+i")
+    er.add_argument("--workers", type=_positive, default=1, help="parallel worker processes (default: 1)")
+    er.add_argument("--video", type=Path, default=None, help="directory for MP4 videos of the episodes")
+    er.add_argument("--videos", type=int, default=0, help="record only the first N episodes (0 = all)")
+    er.add_argument("--report", type=Path, default=None, help="markdown report path (default: out/eval/...)")
+    add_json(er)
+    er.set_defaults(func=cmd_eval_rollout)
+
+    be = sub.add_parser("bench", help="benchmarks")
+    be_sub = be.add_subparsers(dest="bench_command", required=True, metavar="TARGET", parser_class=_Parser)
+    bt = be_sub.add_parser("twin", help="physics real-time factor, render time, expert episode time")
+    bt.add_argument("--episodes", type=_positive, default=3, help="expert episodes to time (default: 3)")
+    add_json(bt)
+    bt.set_defaults(func=cmd_bench_twin)
+
+    de = sub.add_parser("demo", help="the default demo: the expert solves tweezer_pick, with videos and a report")
+    de.add_argument("--task", choices=tasks, default="tweezer_pick")
+    de.add_argument("--episodes", type=_positive, default=10)
+    de.add_argument("--seed", type=int, default=0)
+    de.add_argument("--workers", type=_positive, default=2)
+    de.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory (default: out/demo)")
+    add_json(de)
+    de.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"dexhier: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dexhier: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

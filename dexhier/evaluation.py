@@ -1,0 +1,169 @@
+"""Seeded closed-loop evaluation of a policy in the twin, in parallel worker processes.
+
+Episode ``i`` of a run uses seed ``seed + i`` whatever the number of workers, so results
+do not depend on ``--workers``. The result is a table of success by object width, a JSON
+object and a short markdown report.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import statistics
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sim.rollout import EpisodeResult, RolloutPolicy, run_episode
+from sim.twin import TwinConfig, TwinEnv
+
+WIDTH_BINS_MM: tuple[tuple[float, float], ...] = ((4, 10), (10, 16), (16, 22), (22, 30))
+"""Object-width bins (mm) of the success table; the last bin includes its upper edge."""
+
+
+def _make_expert(env: TwinEnv) -> RolloutPolicy:
+    from sim.expert import ExpertPolicy
+
+    return ExpertPolicy(env)
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    """A policy the evaluator can run: how to build it and whether it needs camera images."""
+
+    factory: Callable[[TwinEnv], RolloutPolicy]
+    needs_images: bool
+    description: str
+
+
+POLICIES: dict[str, PolicyEntry] = {
+    "expert": PolicyEntry(_make_expert, needs_images=False, description="privileged scripted expert"),
+}
+"""Policies by name. Learned policies register here as they land."""
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    policy: str
+    task: str
+    episodes: int
+    seed: int
+    workers: int = 1
+    video_dir: Path | None = None
+    videos: int = 0
+    """Number of episodes (the first ones) to record when ``video_dir`` is set; 0 = all."""
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; valid policies: {', '.join(POLICIES)}")
+        TwinConfig(task=self.task)  # validates the task name
+        if self.episodes < 1:
+            raise ValueError("episodes must be >= 1")
+        if self.workers < 1:
+            raise ValueError("workers must be >= 1")
+
+
+_WORKER_ENV: dict[tuple[str, str], tuple[TwinEnv, RolloutPolicy]] = {}
+
+
+def _episode(job: tuple[str, str, int, str | None]) -> EpisodeResult:
+    """Run one episode in this process, reusing the process's env and policy."""
+    policy_name, task, seed, video_path = job
+    key = (policy_name, task)
+    if key not in _WORKER_ENV:
+        entry = POLICIES[policy_name]
+        env = TwinEnv(TwinConfig(task=task, render=entry.needs_images, points=False))
+        _WORKER_ENV[key] = (env, entry.factory(env))
+    env, policy = _WORKER_ENV[key]
+    if video_path is None:
+        return run_episode(env, policy, seed)
+    from sim.video import VideoWriter
+
+    with VideoWriter(video_path, fps=env.config.control_hz) as video:
+        return run_episode(env, policy, seed, video=video)
+
+
+def iter_results(req: EvalRequest) -> Iterator[EpisodeResult]:
+    """Yield episode results in seed order as they complete."""
+    jobs = []
+    for i in range(req.episodes):
+        seed = req.seed + i
+        video = None
+        if req.video_dir is not None and (req.videos == 0 or i < req.videos):
+            video = str(Path(req.video_dir) / f"{req.task}_{req.policy}_seed{seed}.mp4")
+        jobs.append((req.policy, req.task, seed, video))
+    if req.workers == 1:
+        for job in jobs:
+            yield _episode(job)
+        return
+    ctx = mp.get_context("spawn")  # a fresh process per worker: no inherited GL or DDS state
+    with ProcessPoolExecutor(max_workers=min(req.workers, len(jobs)), mp_context=ctx) as pool:
+        yield from pool.map(_episode, jobs)
+
+
+def summarize(req: EvalRequest, results: list[EpisodeResult]) -> dict[str, Any]:
+    """The JSON summary of a run."""
+    by_bin = {}
+    for lo, hi in WIDTH_BINS_MM:
+        last = hi == WIDTH_BINS_MM[-1][1]
+        sel = [r for r in results if lo <= 1000 * r.object["width"] < hi or (last and 1000 * r.object["width"] == hi)]
+        by_bin[f"{lo:g}-{hi:g}"] = {
+            "episodes": len(sel),
+            "success_rate": (sum(r.success for r in sel) / len(sel)) if sel else None,
+        }
+    successes = sum(r.success for r in results)
+    return {
+        "policy": req.policy,
+        "task": req.task,
+        "episodes": len(results),
+        "seed": req.seed,
+        "workers": req.workers,
+        "success_rate": successes / len(results),
+        "successes": successes,
+        "success_by_width_mm": by_bin,
+        "median_episode_sim_s": statistics.median(r.sim_time for r in results),
+        "median_episode_wall_s": statistics.median(r.wall_time for r in results),
+        "physics_diverged": sum(r.physics_diverged for r in results),
+        "per_episode": [r.to_json() for r in results],
+    }
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """Plain-text success table by object width."""
+    lines = [
+        f"policy={summary['policy']} task={summary['task']} episodes={summary['episodes']} seed={summary['seed']}",
+        f"{'width (mm)':>12} {'episodes':>9} {'success':>8}",
+    ]
+    for name, row in summary["success_by_width_mm"].items():
+        rate = "-" if row["success_rate"] is None else f"{100 * row['success_rate']:.1f}%"
+        lines.append(f"{name:>12} {row['episodes']:>9} {rate:>8}")
+    lines.append(f"{'all':>12} {summary['episodes']:>9} {100 * summary['success_rate']:>7.1f}%")
+    return "\n".join(lines)
+
+
+def write_report(summary: dict[str, Any], path: Path, command: str, videos: list[Path]) -> None:
+    """A short markdown report of a run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    failed = [e["seed"] for e in summary["per_episode"] if not e["success"]]
+    lines = [
+        f"# Evaluation: {summary['policy']} on {summary['task']}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"- episodes: {summary['episodes']} (seeds {summary['seed']}..{summary['seed'] + summary['episodes'] - 1})",
+        f"- success rate: **{100 * summary['success_rate']:.1f}%** ({summary['successes']}/{summary['episodes']})",
+        f"- median episode length: {summary['median_episode_sim_s']:.2f} s simulated, "
+        f"{summary['median_episode_wall_s']:.2f} s wall",
+        f"- failed seeds: {failed if failed else 'none'}",
+        "",
+        "| object width (mm) | episodes | success |",
+        "|---|---|---|",
+    ]
+    for name, row in summary["success_by_width_mm"].items():
+        rate = "-" if row["success_rate"] is None else f"{100 * row['success_rate']:.1f}%"
+        lines.append(f"| {name} | {row['episodes']} | {rate} |")
+    if videos:
+        lines += ["", "Videos (scene camera | wrist camera):", ""]
+        lines += [f"- [{v.name}]({v.name if v.parent == path.parent else v})" for v in videos]
+    path.write_text("\n".join(lines) + "\n")
