@@ -202,12 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
 
     sim = sub.add_parser("sim", help="the MuJoCo twin: render frames, show specs")
-    sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND", parser_class=_Parser)
+    sim_sub = sim.add_subparsers(
+        dest="sim_command", required=True, metavar="SIM_COMMAND", parser_class=_Parser
+    )
     r = sim_sub.add_parser("render", help="render one camera frame of a seeded episode start to PNG")
     r.add_argument("--task", choices=tasks, default="tweezer_pick", help="task (default: %(default)s)")
     r.add_argument("--seed", type=int, default=0, help="episode seed (default: %(default)s)")
     r.add_argument("--out", type=Path, default=Path("frame.png"), help="output PNG (default: %(default)s)")
-    r.add_argument("--camera", choices=["scene", "wrist"], default="scene", help="camera (default: %(default)s)")
+    r.add_argument(
+        "--camera", choices=["scene", "wrist"], default="scene", help="camera (default: %(default)s)"
+    )
     r.add_argument("--size", type=_size, default=(640, 480), help="WIDTHxHEIGHT (default: 640x480)")
     r.set_defaults(func=cmd_sim_render)
     i = sim_sub.add_parser("info", help="print joint names, limits and the observation spec")
@@ -216,10 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_sim_info)
 
     col = sub.add_parser("collect", help="collect demonstration episodes")
-    col_sub = col.add_subparsers(dest="collect_command", required=True, metavar="SOURCE", parser_class=_Parser)
+    col_sub = col.add_subparsers(
+        dest="collect_command", required=True, metavar="SOURCE", parser_class=_Parser
+    )
     ce = col_sub.add_parser("expert", help="episodes of the privileged expert, in the episode format")
     ce.add_argument("--task", choices=tasks, required=True)
-    ce.add_argument("--episodes", type=_positive, default=10, help="number of episodes (default: %(default)s)")
+    ce.add_argument(
+        "--episodes", type=_positive, default=10, help="number of episodes (default: %(default)s)"
+    )
     ce.add_argument("--seed", type=int, default=0, help="seed of episode 0; episode i uses seed+i")
     ce.add_argument("--out", type=Path, required=True, help="dataset directory (created or appended to)")
     ce.add_argument("--workers", type=_positive, default=1, help="parallel worker processes (default: 1)")
@@ -233,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     er = ev_sub.add_parser("rollout", help="closed-loop seeded episodes in the twin")
     er.add_argument("--policy", choices=sorted(POLICIES), default="expert", help="policy (default: expert)")
     er.add_argument("--task", choices=tasks, required=True)
-    er.add_argument("--episodes", type=_positive, default=20, help="number of episodes (default: %(default)s)")
+    er.add_argument(
+        "--episodes", type=_positive, default=20, help="number of episodes (default: %(default)s)"
+    )
     er.add_argument("--seed", type=int, default=0, help="seed of episode 0; episode i uses seed+i")
     er.add_argument("--workers", type=_positive, default=1, help="parallel worker processes (default: 1)")
     er.add_argument("--video", type=Path, default=None, help="directory for MP4 videos of the episodes")
@@ -249,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_json(bt)
     bt.set_defaults(func=cmd_bench_twin)
 
-    de = sub.add_parser("demo", help="the default demo: the expert solves tweezer_pick, with videos and a report")
+    de = sub.add_parser(
+        "demo", help="the default demo: the expert solves tweezer_pick, with videos and a report"
+    )
     de.add_argument("--task", choices=tasks, default="tweezer_pick")
     de.add_argument("--episodes", type=_positive, default=10)
     de.add_argument("--seed", type=int, default=0)

@@ -64,7 +64,11 @@ def dataset_meta(env: TwinEnv) -> dict[str, Any]:
         },
         "control_hz": cfg.control_hz,
         "physics_hz": cfg.cell.physics_hz,
-        "tool": {"arm_length": env.tool.arm_length, "gap_at_zero": env.tool.gap_at_zero, "max_gap": env.tool.max_gap},
+        "tool": {
+            "arm_length": env.tool.arm_length,
+            "gap_at_zero": env.tool.gap_at_zero,
+            "max_gap": env.tool.max_gap,
+        },
         "frame": V.FRAME_BASE,
     }
 
@@ -128,5 +132,7 @@ def collect(req: CollectRequest) -> Iterator[EpisodeResult]:
         for job in jobs:
             yield _collect_one(job)
         return
-    with ProcessPoolExecutor(max_workers=min(req.workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(req.workers, len(jobs)), mp_context=mp.get_context("spawn")
+    ) as pool:
         yield from pool.map(_collect_one, jobs)

@@ -107,7 +107,11 @@ def summarize(req: EvalRequest, results: list[EpisodeResult]) -> dict[str, Any]:
     by_bin = {}
     for lo, hi in WIDTH_BINS_MM:
         last = hi == WIDTH_BINS_MM[-1][1]
-        sel = [r for r in results if lo <= 1000 * r.object["width"] < hi or (last and 1000 * r.object["width"] == hi)]
+        sel = [
+            r
+            for r in results
+            if lo <= 1000 * r.object["width"] < hi or (last and 1000 * r.object["width"] == hi)
+        ]
         by_bin[f"{lo:g}-{hi:g}"] = {
             "episodes": len(sel),
             "success_rate": (sum(r.success for r in sel) / len(sel)) if sel else None,
@@ -132,7 +136,8 @@ def summarize(req: EvalRequest, results: list[EpisodeResult]) -> dict[str, Any]:
 def format_table(summary: dict[str, Any]) -> str:
     """Plain-text success table by object width."""
     lines = [
-        f"policy={summary['policy']} task={summary['task']} episodes={summary['episodes']} seed={summary['seed']}",
+        f"policy={summary['policy']} task={summary['task']} "
+        f"episodes={summary['episodes']} seed={summary['seed']}",
         f"{'width (mm)':>12} {'episodes':>9} {'success':>8}",
     ]
     for name, row in summary["success_by_width_mm"].items():
@@ -146,13 +151,14 @@ def write_report(summary: dict[str, Any], path: Path, command: str, videos: list
     """A short markdown report of a run."""
     path.parent.mkdir(parents=True, exist_ok=True)
     failed = [e["seed"] for e in summary["per_episode"] if not e["success"]]
+    first, n = summary["seed"], summary["episodes"]
     lines = [
         f"# Evaluation: {summary['policy']} on {summary['task']}",
         "",
         f"Command: `{command}`",
         "",
-        f"- episodes: {summary['episodes']} (seeds {summary['seed']}..{summary['seed'] + summary['episodes'] - 1})",
-        f"- success rate: **{100 * summary['success_rate']:.1f}%** ({summary['successes']}/{summary['episodes']})",
+        f"- episodes: {n} (seeds {first}..{first + n - 1})",
+        f"- success rate: **{100 * summary['success_rate']:.1f}%** ({summary['successes']}/{n})",
         f"- median episode length: {summary['median_episode_sim_s']:.2f} s simulated, "
         f"{summary['median_episode_wall_s']:.2f} s wall",
         f"- failed seeds: {failed if failed else 'none'}",

@@ -1,1 +1,4 @@
-"""Perception: point-cloud pipeline and the tool affordance encoder (not built yet; see docs/ARCHITECTURE.md)."""
+"""Perception: point-cloud pipeline and the tool affordance encoder.
+
+Not built yet; see docs/ARCHITECTURE.md.
+"""

@@ -70,10 +70,14 @@ def depth_to_points(
         points float32 (N, 3) in the target frame, and labels (N,) or None.
     """
     if depth.ndim != 2 or depth.shape != (intrinsics.height, intrinsics.width):
-        raise ValueError(f"depth shape {depth.shape} does not match intrinsics {intrinsics.height}x{intrinsics.width}")
+        raise ValueError(
+            f"depth shape {depth.shape} does not match intrinsics {intrinsics.height}x{intrinsics.width}"
+        )
     v, u = np.nonzero(np.isfinite(depth) & (depth > 0))
     z = depth[v, u].astype(np.float64)
-    pts = np.stack([(u - intrinsics.cx) * z / intrinsics.fx, (v - intrinsics.cy) * z / intrinsics.fy, z], axis=1)
+    pts = np.stack(
+        [(u - intrinsics.cx) * z / intrinsics.fx, (v - intrinsics.cy) * z / intrinsics.fy, z], axis=1
+    )
     if rotation is not None:
         pts = pts @ np.asarray(rotation).T
     if translation is not None:

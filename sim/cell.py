@@ -37,6 +37,8 @@ WRIST_CAMERA = "wrist"
 
 # Contact groups (bit masks). A pair collides when (contype_a & conaffinity_b) or the reverse.
 _GROUP_ENV, _GROUP_OBJECT, _GROUP_TOOL, _GROUP_HAND, _GROUP_ARM = 1, 2, 4, 8, 16
+_GROUP_HAND_LINKS = 64  # built-in hand links other than fingertips: no contact with the tool
+_OBJECT_AFFINITY = _GROUP_ENV | _GROUP_OBJECT | _GROUP_TOOL | _GROUP_HAND
 
 
 class CellBuildError(ValueError):
@@ -76,7 +78,7 @@ class ObjectParams:
             f'<geom name="object_geom" type="{self.shape}" size="{size}" mass="{self.mass}" '
             f'friction="{self.friction} 0.005 0.0001" rgba="{rgba}" condim="4" '
             'solref="0.004 1" solimp="0.95 0.99 0.0005" '
-            f'contype="{_GROUP_OBJECT}" conaffinity="{_GROUP_ENV | _GROUP_OBJECT | _GROUP_TOOL | _GROUP_HAND}"/>'
+            f'contype="{_GROUP_OBJECT}" conaffinity="{_OBJECT_AFFINITY}"/>'
         )
 
 
@@ -182,6 +184,7 @@ def _world_mjcf(cfg: CellConfig, obj: ObjectParams) -> str:
     oz = obj.height / 2 + 0.0005
     q = (math.cos(obj.yaw / 2), 0.0, 0.0, math.sin(obj.yaw / 2))
     env = f'contype="{_GROUP_ENV}" conaffinity="0"'
+    green = f'rgba="0.2 0.5 0.3 1" {env}'
     return f"""
 <mujoco model="dexhier_cell">
   <compiler angle="radian" autolimits="true"/>
@@ -203,13 +206,13 @@ def _world_mjcf(cfg: CellConfig, obj: ObjectParams) -> str:
   <worldbody>
     <!-- No shadows: shadow maps cost ~25x the render time under software EGL (Mesa). -->
     <light pos="0.4 -0.3 1.5" dir="0 0.2 -1" diffuse="0.6 0.6 0.6" castshadow="false"/>
-    <geom name="table" type="box" size="0.7 0.7 0.02" pos="0.3 0 -0.02" material="table" {env}/>
+    <geom name="table" type="plane" size="0.7 0.7 0.01" pos="0.3 0 0" material="table" {env}/>
     <body name="bin" pos="{bx} {by} 0">
-      <geom name="bin_floor" type="box" size="{bi + bt} {bi + bt} 0.002" pos="0 0 0.002" rgba="0.2 0.5 0.3 1" {env}/>
-      <geom name="bin_wall_px" type="box" size="{bt} {bi + bt} {bh}" pos="{bi + bt} 0 {bh}" rgba="0.2 0.5 0.3 1" {env}/>
-      <geom name="bin_wall_nx" type="box" size="{bt} {bi + bt} {bh}" pos="{-bi - bt} 0 {bh}" rgba="0.2 0.5 0.3 1" {env}/>
-      <geom name="bin_wall_py" type="box" size="{bi + bt} {bt} {bh}" pos="0 {bi + bt} {bh}" rgba="0.2 0.5 0.3 1" {env}/>
-      <geom name="bin_wall_ny" type="box" size="{bi + bt} {bt} {bh}" pos="0 {-bi - bt} {bh}" rgba="0.2 0.5 0.3 1" {env}/>
+      <geom name="bin_floor" type="box" size="{bi + bt} {bi + bt} 0.002" pos="0 0 0.002" {green}/>
+      <geom name="bin_wall_px" type="box" size="{bt} {bi + bt} {bh}" pos="{bi + bt} 0 {bh}" {green}/>
+      <geom name="bin_wall_nx" type="box" size="{bt} {bi + bt} {bh}" pos="{-bi - bt} 0 {bh}" {green}/>
+      <geom name="bin_wall_py" type="box" size="{bi + bt} {bt} {bh}" pos="0 {bi + bt} {bh}" {green}/>
+      <geom name="bin_wall_ny" type="box" size="{bi + bt} {bt} {bh}" pos="0 {-bi - bt} {bh}" {green}/>
     </body>
     <body name="{OBJECT_BODY}" pos="{ox} {oy} {oz}" quat="{q[0]} {q[1]} {q[2]} {q[3]}">
       <freejoint name="object_free"/>
@@ -306,7 +309,9 @@ def build_cell(cfg: CellConfig, obj: ObjectParams) -> tuple[mujoco.MjModel, Robo
         world.attach(arm, prefix="", frame=frame)
     hand_body_names = [b.name for b in hand.bodies]
     if cfg.hand_root_body not in hand_body_names:
-        raise CellBuildError(f"hand MJCF has no body {cfg.hand_root_body!r}; its bodies: {', '.join(hand_body_names)}")
+        raise CellBuildError(
+            f"hand MJCF has no body {cfg.hand_root_body!r}; its bodies: {', '.join(hand_body_names)}"
+        )
     if cfg.tool_mount_site not in [s.name for s in hand.sites]:
         raise CellBuildError(f"hand MJCF has no tool-mount site {cfg.tool_mount_site!r}")
     mount_in_palm = _site_pose_in_body(hand, cfg.tool_mount_site, cfg.hand_root_body)
@@ -315,8 +320,12 @@ def build_cell(cfg: CellConfig, obj: ObjectParams) -> tuple[mujoco.MjModel, Robo
 
     palm = world.body(cfg.hand_root_body)
     arm_root = world.body(arm.worldbody.first_body().name)
-    _set_robot_contacts(arm_root, _GROUP_ARM, _GROUP_ENV)
-    _set_robot_contacts(palm, _GROUP_HAND, _GROUP_ENV | _GROUP_OBJECT)
+    # User robots join the cell's contact groups; the built-in ones already use them (their
+    # hand lets only the fingertips touch the tool, which halves the narrow-phase work).
+    if cfg.arm_mjcf is not None:
+        _set_robot_contacts(arm_root, _GROUP_ARM, _GROUP_ENV)
+    if cfg.hand_mjcf is not None:
+        _set_robot_contacts(palm, _GROUP_HAND, _GROUP_ENV | _GROUP_OBJECT)
     for b in palm.find_all(mujoco.mjtObj.mjOBJ_BODY):
         b.gravcomp = 1.0
     # The tool's base overlaps the palm by design: they are welded, so no contact between them.

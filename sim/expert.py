@@ -118,7 +118,9 @@ class ExpertPolicy:
         q = np.zeros(m.nq)
         q[self._ik_qadr] = env.data.qpos[env.robot.qpos_adr[: env.robot.n_arm]]
         self._conf.update(q)
-        self._task = mink.FrameTask(_IK_SITE, "site", position_cost=1.0, orientation_cost=0.5, lm_damping=1e-3)
+        self._task = mink.FrameTask(
+            _IK_SITE, "site", position_cost=1.0, orientation_cost=0.5, lm_damping=1e-3
+        )
         self._posture = mink.PostureTask(m, cost=1e-3)
         self._posture.set_target(q.copy())
         self._limits = [mink.ConfigurationLimit(m)]

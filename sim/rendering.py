@@ -23,7 +23,12 @@ class CameraRenderer:
     """
 
     def __init__(self, model: mujoco.MjModel, width: int, height: int) -> None:
-        if width < 8 or height < 8 or width > model.vis.global_.offwidth or height > model.vis.global_.offheight:
+        if (
+            width < 8
+            or height < 8
+            or width > model.vis.global_.offwidth
+            or height > model.vis.global_.offheight
+        ):
             raise ValueError(
                 f"image size {width}x{height} outside [8, {model.vis.global_.offwidth}]x"
                 f"[8, {model.vis.global_.offheight}]"

@@ -1,10 +1,11 @@
 """The tweezer tool: geometry, its tip-gap law, and its MJCF.
 
 Two straight arms pivot on a common base about parallel hinges (axis x of the tool frame),
-hanging along +z of the tool frame. The closed stop (tips touching, gap 0) is the hinges'
-lower limit; the arms do not collide with each other, so they cannot lock after an impact. Each hinge has a linear spring (``stiffness``) whose
+hanging along +z of the tool frame. Each hinge has a linear spring (``stiffness``) whose
 rest angle ``springref`` is the fully open angle, so the tool rests open and the fingers
-close it by pressing the outer grip pads; a joint equality keeps the arms symmetric.
+close it by pressing the outer grip pads; a joint equality keeps the arms symmetric. The
+closed stop (tips touching, gap 0) is the hinges' lower limit; the arms do not collide
+with each other, so they cannot lock together after an impact.
 
 Tip-gap law (exact for this model): ``g(theta) = g0 + 2 L sin(theta)`` with ``theta`` the
 half-opening angle of each arm (rad), ``L`` the hinge-to-tip-pad distance (m) and ``g0`` the

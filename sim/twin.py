@@ -255,7 +255,9 @@ class TwinEnv(Backend):
             labels = np.where(ids >= 0, self._seg_table[np.maximum(ids, 0)], V.SEG_LABELS["background"])
             rot, trans = camera_pose(d, SCENE_CAMERA)
             intr = camera_intrinsics(self.model, SCENE_CAMERA, cfg.image_width, cfg.image_height)
-            pts, lab = depth_to_points(obs[V.depth_key(SCENE_CAMERA)], intr, rot, trans, labels.astype(np.int8))
+            pts, lab = depth_to_points(
+                obs[V.depth_key(SCENE_CAMERA)], intr, rot, trans, labels.astype(np.int8)
+            )
             obs[V.OBS_POINTS], obs[V.OBS_POINTS_LABEL] = pts, lab
         return obs
 

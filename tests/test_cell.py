@@ -41,7 +41,9 @@ def test_tweezer_rests_open_and_the_fingers_close_it_through_contact():
     rest = env.tip_gap()
     assert 0.028 < rest <= env.tool.max_gap + 1e-4  # spring holds it open (a little gravity sag)
     tips = env.privileged_state()
-    assert np.linalg.norm(tips.tip_a - tips.tip_b) == pytest.approx(rest, abs=0.0015)  # the law matches the sim
+    assert np.linalg.norm(tips.tip_a - tips.tip_b) == pytest.approx(
+        rest, abs=0.0015
+    )  # the law matches the sim
     closed_q = open_q.copy()
     for j, v in {"mf_mcp": 0.4, "mf_pip": 0.3, "th_mcp": 0.4, "th_ipl": 0.3}.items():
         closed_q[names.index(j)] = v
@@ -127,7 +129,7 @@ def test_bring_your_own_robot_takes_names_limits_and_home_from_the_files(tmp_pat
     assert obs[V.OBS_ARM_QPOS].shape == (2,) and obs[V.OBS_HAND_QPOS].shape == (2,)
     np.testing.assert_allclose(obs[V.OBS_ARM_QPOS], [0.3, -0.2], atol=0.03)  # the file's home keyframe
     # The hand hangs on the arm's flange and the tool on the hand's mount.
-    m, d = env.model, env.data
+    d = env.data
     np.testing.assert_allclose(d.body("hand_root").xpos, d.site("tool_flange").xpos, atol=2e-3)
     np.testing.assert_allclose(d.body("tweezer_base").xpos, d.site("mount").xpos, atol=3e-3)
     obs, *_ = env.step(np.array([0.5, 0.1, 0.2, 0.2]))
@@ -137,7 +139,9 @@ def test_bring_your_own_robot_takes_names_limits_and_home_from_the_files(tmp_pat
 
 def test_malformed_user_mjcf_names_the_file_and_the_mujoco_error(tmp_path):
     bad = tmp_path / "broken_arm.xml"
-    bad.write_text("<mujoco><worldbody><body name='a'><joint type='hinge'/><geom size='0.1'/></body></worldbody>")
+    bad.write_text(
+        "<mujoco><worldbody><body name='a'><joint type='hinge'/><geom size='0.1'/></body></worldbody>"
+    )
     with pytest.raises(CellBuildError) as err:
         build_cell(CellConfig(arm=str(bad)), ObjectParams())
     assert "broken_arm.xml" in str(err.value)

@@ -10,7 +10,9 @@ from dexhier.cli import main
 
 
 def _run(*args, check=False):
-    return subprocess.run([sys.executable, "-m", "dexhier.cli", *args], capture_output=True, text=True, check=check)
+    return subprocess.run(
+        [sys.executable, "-m", "dexhier.cli", *args], capture_output=True, text=True, check=check
+    )
 
 
 def test_help_lists_the_commands():
@@ -40,7 +42,10 @@ def test_bad_arguments_give_one_line_errors(args, expected):
 @pytest.mark.sim
 def test_sim_render_writes_a_png(tmp_path, capsys):
     out = tmp_path / "frame.png"
-    assert main(["sim", "render", "--task", "tweezer_pick", "--seed", "3", "--out", str(out), "--size", "64x48"]) == 0
+    assert (
+        main(["sim", "render", "--task", "tweezer_pick", "--seed", "3", "--out", str(out), "--size", "64x48"])
+        == 0
+    )
     import imageio.v2 as imageio
 
     img = imageio.imread(out)
@@ -49,8 +54,10 @@ def test_sim_render_writes_a_png(tmp_path, capsys):
 
 @pytest.mark.sim
 def test_eval_rollout_json_is_the_last_stdout_line(tmp_path, capsys):
-    code = main(["eval", "rollout", "--task", "tool_open_to", "--episodes", "2", "--seed", "1",
-                 "--report", str(tmp_path / "r.md"), "--video", str(tmp_path / "v"), "--videos", "1", "--json"])  # fmt: skip
+    report, videos = str(tmp_path / "r.md"), str(tmp_path / "v")
+    args = ["--episodes", "2", "--seed", "1", "--report", report, "--video", videos, "--videos", "1"]
+    args.append("--json")
+    code = main(["eval", "rollout", "--task", "tool_open_to", *args])
     assert code == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     summary = json.loads(last)

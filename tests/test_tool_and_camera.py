@@ -21,7 +21,12 @@ def test_tip_gap_law_and_inverse():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"arm_length": 0.01}, {"gap_at_zero": 0.0}, {"max_gap": 0.001, "gap_at_zero": 0.002}, {"stiffness": -1.0}],
+    [
+        {"arm_length": 0.01},
+        {"gap_at_zero": 0.0},
+        {"max_gap": 0.001, "gap_at_zero": 0.002},
+        {"stiffness": -1.0},
+    ],
 )
 def test_bad_tweezer_params_raise(kwargs):
     with pytest.raises(ValueError):

@@ -7,6 +7,9 @@ simplified for a pinch grip on a hanging tool: the three fingers sit on the +y e
 palm and flex towards -y, the thumb sits on the -y edge and flexes towards +y, so a
 middle-finger / thumb pinch squeezes whatever hangs below the palm.
 
+Contacts: only the fingertip (distal) links touch the tool (contact group 8); the other
+links touch the table and objects only (group 64), which keeps the collision work small.
+
 Frame: the root body ``palm`` has its origin on the arm flange, +z pointing out of the
 flange (towards the table in a top-down pose). The tool mounts at the site ``tool_mount``.
 """
@@ -82,10 +85,10 @@ def hand_mjcf() -> str:
     <default class="hand">
       <joint damping="0.05" armature="0.002" frictionloss="0.001"/>
       <geom type="capsule" density="2500" friction="0.8" rgba="0.15 0.15 0.17 1"
-            contype="8" conaffinity="3" condim="4" solref="0.004 1" solimp="0.95 0.99 0.0005"/>
+            contype="64" conaffinity="3" condim="4" solref="0.004 1" solimp="0.95 0.99 0.0005"/>
       <position kp="4" kv="0.08" forcerange="-0.7 0.7"/>
       <default class="fingertip">
-        <geom friction="1.0" rgba="0.85 0.85 0.8 1"/>
+        <geom friction="1.0" rgba="0.85 0.85 0.8 1" contype="8"/>
       </default>
     </default>
   </default>
