@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the default demo: the expert solves tweezer_pick, with videos and a report"
     )
     de.add_argument("--task", choices=tasks, default="tweezer_pick")
-    de.add_argument("--episodes", type=_positive, default=10)
+    de.add_argument("--episodes", type=_positive, default=20, help="number of episodes (default: 20)")
     de.add_argument("--seed", type=int, default=0)
     de.add_argument("--workers", type=_positive, default=2)
     de.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory (default: out/demo)")

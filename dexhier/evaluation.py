@@ -8,6 +8,7 @@ object and a short markdown report.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import statistics
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -171,5 +172,5 @@ def write_report(summary: dict[str, Any], path: Path, command: str, videos: list
         lines.append(f"| {name} | {row['episodes']} | {rate} |")
     if videos:
         lines += ["", "Videos (scene camera | wrist camera):", ""]
-        lines += [f"- [{v.name}]({v.name if v.parent == path.parent else v})" for v in videos]
+        lines += [f"- [{v.name}]({os.path.relpath(v, path.parent)})" for v in videos]
     path.write_text("\n".join(lines) + "\n")
