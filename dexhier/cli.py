@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,17 @@ def _tasks() -> list[str]:
     return sorted(TASKS)
 
 
-def _progress(total: int, desc: str):
+def _gather(results: Iterator[Any], total: int, desc: str) -> list[Any]:
+    """Collect episode results behind a progress bar (stderr) that shows the running success count."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="ep", file=sys.stderr, dynamic_ncols=True, disable=None)
+    done: list[Any] = []
+    with tqdm(total=total, desc=desc, unit="ep", file=sys.stderr, dynamic_ncols=True, disable=None) as bar:
+        for res in results:
+            done.append(res)
+            bar.update(1)
+            bar.set_postfix(success=f"{sum(r.success for r in done)}/{len(done)}")
+    return done
 
 
 def _emit(args: argparse.Namespace, summary: dict[str, Any]) -> None:
@@ -117,12 +125,7 @@ def cmd_collect_expert(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         only_success=args.only_success,
     )
-    results = []
-    with _progress(req.episodes, f"collect {req.task}") as bar:
-        for res in collect(req):
-            results.append(res)
-            bar.update(1)
-            bar.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}")
+    results = _gather(collect(req), req.episodes, f"collect {req.task}")
     ok = sum(r.success for r in results)
     kept = ok if req.only_success else len(results)
     print(f"wrote {kept} episodes to {req.out} ({ok}/{len(results)} successful)")
@@ -143,12 +146,7 @@ def _run_eval(args: argparse.Namespace, command: str) -> dict[str, Any]:
         video_dir=args.video,
         videos=args.videos,
     )
-    results = []
-    with _progress(req.episodes, f"eval {req.policy} {req.task}") as bar:
-        for res in iter_results(req):
-            results.append(res)
-            bar.update(1)
-            bar.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}")
+    results = _gather(iter_results(req), req.episodes, f"eval {req.policy} {req.task}")
     summary = summarize(req, results)
     print(format_table(summary))
     videos = sorted(Path(req.video_dir).glob(f"{req.task}_{req.policy}_seed*.mp4")) if req.video_dir else []
@@ -205,7 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim_sub = sim.add_subparsers(
         dest="sim_command", required=True, metavar="SIM_COMMAND", parser_class=_Parser
     )
-    r = sim_sub.add_parser("render", help="render one camera frame of a seeded episode start to PNG")
+    r = sim_sub.add_parser(
+        "render",
+        help="render one camera frame of a seeded episode start to PNG",
+        description="Reset the twin with a task and seed and write one camera frame as PNG.",
+    )
     r.add_argument("--task", choices=tasks, default="tweezer_pick", help="task (default: %(default)s)")
     r.add_argument("--seed", type=int, default=0, help="episode seed (default: %(default)s)")
     r.add_argument("--out", type=Path, default=Path("frame.png"), help="output PNG (default: %(default)s)")
@@ -223,8 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     col_sub = col.add_subparsers(
         dest="collect_command", required=True, metavar="SOURCE", parser_class=_Parser
     )
-    ce = col_sub.add_parser("expert", help="episodes of the privileged expert, in the episode format")
-    ce.add_argument("--task", choices=tasks, required=True)
+    ce = col_sub.add_parser(
+        "expert",
+        help="episodes of the privileged expert, in the episode format",
+        description="Run the privileged expert and write its episodes (images, depth, joint states, tool "
+        "gap, the action sent and the raw request) to a dataset in the episode format "
+        "(docs/episode_format.md). Episode i uses seed SEED+i and is committed atomically.",
+    )
+    ce.add_argument("--task", choices=tasks, required=True, help="task to demonstrate")
     ce.add_argument(
         "--episodes", type=_positive, default=10, help="number of episodes (default: %(default)s)"
     )
@@ -238,9 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate policies")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="EVAL", parser_class=_Parser)
-    er = ev_sub.add_parser("rollout", help="closed-loop seeded episodes in the twin")
+    er = ev_sub.add_parser(
+        "rollout",
+        help="closed-loop seeded episodes in the twin",
+        description="Run seeded closed-loop episodes of a policy in the MuJoCo twin. Episode i uses seed "
+        "SEED+i in whichever worker runs it, so results do not depend on --workers. Prints a success "
+        "table by object width and writes a markdown report (and MP4 videos with --video).",
+    )
     er.add_argument("--policy", choices=sorted(POLICIES), default="expert", help="policy (default: expert)")
-    er.add_argument("--task", choices=tasks, required=True)
+    er.add_argument("--task", choices=tasks, required=True, help="task to evaluate")
     er.add_argument(
         "--episodes", type=_positive, default=20, help="number of episodes (default: %(default)s)"
     )
@@ -254,7 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     be = sub.add_parser("bench", help="benchmarks")
     be_sub = be.add_subparsers(dest="bench_command", required=True, metavar="TARGET", parser_class=_Parser)
-    bt = be_sub.add_parser("twin", help="physics real-time factor, render time, expert episode time")
+    bt = be_sub.add_parser(
+        "twin",
+        help="physics real-time factor, render time, expert episode time",
+        description="Benchmark the twin: raw physics real-time factor during a grasp, env step time, "
+        "render time per 64x64 / 128x128 frame, full-observation time and expert episode wall time. "
+        "Figures are medians of repeats in one run.",
+    )
     bt.add_argument("--episodes", type=_positive, default=3, help="expert episodes to time (default: 3)")
     add_json(bt)
     bt.set_defaults(func=cmd_bench_twin)

@@ -174,8 +174,8 @@ def _look_at_quat(pos: np.ndarray, target: np.ndarray, up=(0.0, 0.0, 1.0)) -> np
 
 def _world_mjcf(cfg: CellConfig, obj: ObjectParams) -> str:
     ts = 1.0 / cfg.physics_hz
-    cam_pos = np.array([0.92, 0.09, 0.45])
-    cam_quat = _look_at_quat(cam_pos, np.array([0.46, 0.09, 0.0]))
+    cam_pos = np.array([1.0, 0.1, 0.55])
+    cam_quat = _look_at_quat(cam_pos, np.array([0.42, 0.1, 0.12]))
     cam = " ".join(f"{v:.6f}" for v in cam_pos)
     camq = " ".join(f"{v:.6f}" for v in cam_quat)
     bx, by = BIN_CENTER
