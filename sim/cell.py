@@ -321,7 +321,7 @@ def build_cell(cfg: CellConfig, obj: ObjectParams) -> tuple[mujoco.MjModel, Robo
     palm = world.body(cfg.hand_root_body)
     arm_root = world.body(arm.worldbody.first_body().name)
     # User robots join the cell's contact groups; the built-in ones already use them (their
-    # hand lets only the fingertips touch the tool, which halves the narrow-phase work).
+    # hand lets only the fingertips touch the tool, which keeps the narrow phase small).
     if cfg.arm_mjcf is not None:
         _set_robot_contacts(arm_root, _GROUP_ARM, _GROUP_ENV)
     if cfg.hand_mjcf is not None:
