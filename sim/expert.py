@@ -13,16 +13,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import mink
 import mujoco
 import numpy as np
 
-from sim.cell import BIN_CENTER, CellConfig
-from sim.robots import ur5e_like_arm
+from sim.cell import BIN_CENTER
+from sim.ik import ArmIK, tool_down_rotation
 from sim.tasks import PrivilegedState
 from sim.twin import TwinEnv, tcp_in_flange
-
-_IK_SITE = "ik_tcp"
 
 
 @dataclass(frozen=True)
@@ -79,7 +76,7 @@ class ExpertPolicy:
     def __init__(self, env: TwinEnv, config: ExpertConfig | None = None) -> None:
         self.env = env
         self.config = config or ExpertConfig()
-        self._ik_model: mujoco.MjModel | None = None
+        self._ik: ArmIK | None = None
         self._ik_key: tuple | None = None
 
     # ------------------------------------------------------------------ setup
@@ -87,43 +84,15 @@ class ExpertPolicy:
         env = self.env
         pos, rot = tcp_in_flange(env)
         key = (tuple(np.round(pos, 6)), tuple(np.round(rot.ravel(), 6)))
-        if key == self._ik_key:
-            return
-        cell: CellConfig = env.config.cell
-        spec = (
-            mujoco.MjSpec.from_file(str(cell.arm_mjcf))
-            if cell.arm_mjcf
-            else mujoco.MjSpec.from_string(ur5e_like_arm.arm_mjcf())
-        )
-        flange = spec.site(cell.arm_flange_site)
-        fq = np.array(flange.quat, float)
-        fp = np.array(flange.pos, float)
-        tq = np.zeros(4)
-        mujoco.mju_mat2Quat(tq, rot.ravel())
-        p, q = np.zeros(3), np.zeros(4)
-        mujoco.mju_mulPose(p, q, fp, fq / np.linalg.norm(fq), pos, tq)
-        flange.parent.add_site(name=_IK_SITE, pos=p, quat=q)
-        self._ik_model = spec.compile()
-        self._ik_key = key
-        self._ik_qadr = np.array(
-            [self._ik_model.jnt_qposadr[self._ik_model.joint(j).id] for j in env.robot.arm_joints]
-        )
+        if key != self._ik_key:
+            self._ik = ArmIK(env.config.cell, env.robot.arm_joints, pos, rot, dt=1.0 / env.config.control_hz)
+            self._ik_key = key
 
     def reset(self) -> None:
         """Prepare for the episode the env has just reset."""
         env, cfg = self.env, self.config
         self._build_ik()
-        m = self._ik_model
-        self._conf = mink.Configuration(m)
-        q = np.zeros(m.nq)
-        q[self._ik_qadr] = env.data.qpos[env.robot.qpos_adr[: env.robot.n_arm]]
-        self._conf.update(q)
-        self._task = mink.FrameTask(
-            _IK_SITE, "site", position_cost=1.0, orientation_cost=0.5, lm_damping=1e-3
-        )
-        self._posture = mink.PostureTask(m, cost=1e-3)
-        self._posture.set_target(q.copy())
-        self._limits = [mink.ConfigurationLimit(m)]
+        self._ik.reset(env.data.qpos[env.robot.qpos_adr[: env.robot.n_arm]])
         names = env.robot.joint_names[env.robot.n_arm :]
         home = env.robot.home[env.robot.n_arm :]
         self._q_open = np.array([cfg.postures.open.get(n, h) for n, h in zip(names, home, strict=True)])
@@ -201,17 +170,7 @@ class ExpertPolicy:
         return np.concatenate([arm_q, hand_q])
 
     def _solve_ik(self, target_pos: np.ndarray) -> np.ndarray:
-        y = np.array([math.cos(self._yaw), math.sin(self._yaw), 0.0])
-        z = np.array([0.0, 0.0, -1.0])
-        rot = np.stack([np.cross(y, z), y, z], axis=1)
-        self._task.set_target(mink.SE3.from_rotation_and_translation(mink.SO3.from_matrix(rot), target_pos))
-        dt = 1.0 / self.env.config.control_hz
-        for _ in range(3):
-            vel = mink.solve_ik(
-                self._conf, [self._task, self._posture], dt, solver="daqp", damping=1e-3, limits=self._limits
-            )
-            self._conf.integrate_inplace(vel, dt)
-        return self._conf.q[self._ik_qadr].copy()
+        return self._ik.solve(target_pos, tool_down_rotation(self._yaw))
 
     def _goto(self, phase: str) -> None:
         self._phase, self._phase_time = phase, 0.0

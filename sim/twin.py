@@ -45,7 +45,8 @@ class TwinConfig:
         image_width, image_height: camera image size, pixels.
         cameras: which cameras to render.
         render: render images (and the cloud); False gives proprio-only observations.
-        points: add the scene camera's point cloud (needs ``render``).
+        points: add a point cloud from ``points_camera``'s depth (needs ``render``).
+        points_camera: which camera's depth makes the point cloud.
         control_hz: action rate, Hz; must divide ``cell.physics_hz``.
         time_limit: episode length, s; None uses the task's limit.
     """
@@ -57,6 +58,7 @@ class TwinConfig:
     cameras: tuple[str, ...] = V.CAMERAS
     render: bool = True
     points: bool = True
+    points_camera: str = SCENE_CAMERA
     control_hz: float = V.CONTROL_HZ_DEFAULT
     time_limit: float | None = None
 
@@ -70,8 +72,8 @@ class TwinConfig:
         unknown = set(self.cameras) - set(V.CAMERAS)
         if unknown:
             raise ValueError(f"unknown cameras {sorted(unknown)}; valid: {', '.join(V.CAMERAS)}")
-        if self.points and (not self.render or SCENE_CAMERA not in self.cameras):
-            raise ValueError("points need render=True and the scene camera")
+        if self.points and (not self.render or self.points_camera not in self.cameras):
+            raise ValueError(f"points need render=True and the {self.points_camera!r} camera in cameras")
 
     @property
     def n_substeps(self) -> int:
@@ -251,13 +253,12 @@ class TwinEnv(Backend):
                 pose[:3, :3], pose[:3, 3] = rot, trans
                 obs[V.camera_pose_key(cam)] = pose
         if cfg.points:
-            ids = self._renderer.geom_ids(d, SCENE_CAMERA)
+            cam = cfg.points_camera
+            ids = self._renderer.geom_ids(d, cam)
             labels = np.where(ids >= 0, self._seg_table[np.maximum(ids, 0)], V.SEG_LABELS["background"])
-            rot, trans = camera_pose(d, SCENE_CAMERA)
-            intr = camera_intrinsics(self.model, SCENE_CAMERA, cfg.image_width, cfg.image_height)
-            pts, lab = depth_to_points(
-                obs[V.depth_key(SCENE_CAMERA)], intr, rot, trans, labels.astype(np.int8)
-            )
+            rot, trans = camera_pose(d, cam)
+            intr = camera_intrinsics(self.model, cam, cfg.image_width, cfg.image_height)
+            pts, lab = depth_to_points(obs[V.depth_key(cam)], intr, rot, trans, labels.astype(np.int8))
             obs[V.OBS_POINTS], obs[V.OBS_POINTS_LABEL] = pts, lab
         return obs
 
@@ -305,6 +306,17 @@ class TwinEnv(Backend):
         """Flange site pose in the base frame: (position (3,), rotation (3, 3))."""
         s = self.data.site(self.config.cell.arm_flange_site)
         return s.xpos.copy(), s.xmat.reshape(3, 3).copy()
+
+    def tool_mount_pose(self) -> np.ndarray:
+        """Pose (4, 4) of the hand's tool-mount site in the base frame.
+
+        It follows from the joint positions by forward kinematics (no privileged state): the
+        tool's nominal frame, which perception uses to crop and canonicalize tool clouds.
+        """
+        s = self.data.site(self.config.cell.tool_mount_site)
+        pose = np.eye(4)
+        pose[:3, :3], pose[:3, 3] = s.xmat.reshape(3, 3), s.xpos
+        return pose
 
     def episode_metadata(self) -> dict[str, Any]:
         """JSON-able description of the current episode (task, object, seed)."""
