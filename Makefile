@@ -43,9 +43,12 @@ $(PY):
 # Reinstalls only when the lock or the project metadata changed since the last successful install.
 # editable_mode=compat puts the project root on sys.path, so a top-level package that gains its
 # __init__.py later (perception/, policies/) is imported as a regular package without reinstalling.
-$(STAMP): requirements.lock pyproject.toml | $(PY)
+ROS_PKG := robot_ws/src/dexhier_ros
+$(STAMP): requirements.lock pyproject.toml $(ROS_PKG)/setup.py | $(PY)
 	$(PY) -m pip install -r requirements.lock
 	$(PY) -m pip install --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
+	# The ROS nodes' package, so that its console scripts (the nodes) exist in the venv.
+	$(PY) -m pip install --no-deps --no-build-isolation -e $(ROS_PKG) --config-settings editable_mode=compat
 	touch $@
 
 test: setup

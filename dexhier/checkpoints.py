@@ -148,3 +148,28 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+MANIFEST_FILE = "MANIFEST"
+
+
+def update_manifest(
+    directory: str | Path, command: str, data_seed: int, metrics: dict[str, Any]
+) -> Path | None:
+    """Record a checkpoint in the ``MANIFEST`` of its parent directory, if there is one.
+
+    One tab-separated line per checkpoint directory: name, type, sha256 of the weights, data
+    seed, metrics (JSON) and the command that made it. An existing line for the same
+    directory is replaced. Returns the manifest's path, or None when the parent has none.
+    """
+    d = Path(directory)
+    manifest = d.parent / MANIFEST_FILE
+    if not manifest.is_file():
+        return None
+    doc = json.loads((d / CONFIG_FILE).read_text())
+    sha = file_sha256(d / WEIGHTS_FILE)
+    fields = [d.name, doc["type"], sha, str(data_seed), json.dumps(metrics), command]
+    lines = [ln for ln in manifest.read_text().splitlines() if ln.split("\t", 1)[0] != d.name]
+    lines.append("\t".join(fields))
+    _atomic_write_text(manifest, "\n".join(lines) + "\n")
+    return manifest

@@ -174,6 +174,70 @@ def cmd_bench_twin(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_AFFORDANCE = Path("checkpoints/affordance")
+
+
+def cmd_train_affordance(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from perception.training import TrainConfig, train
+
+    cfg = TrainConfig(
+        n_train=args.samples,
+        n_val=args.val_samples,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        workers=args.workers,
+    )
+    print(f"training the affordance encoder into {args.out} ({cfg.steps} steps, batch {cfg.batch_size})")
+    with tqdm(total=cfg.steps, desc="train affordance", unit="step", file=sys.stderr, disable=None) as bar:
+        result = train(args.out, cfg, log=lambda m: tqdm.write(m, file=sys.stderr), bar=bar)
+    for key, value in result.items():
+        print(f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}")
+    from dexhier.checkpoints import update_manifest
+
+    keep = ("tip_gap_mae_mm", "angle_mae_deg", "graspable_accuracy", "approach_opening_mae_mm", "samples")
+    manifest = update_manifest(
+        args.out, "dexhier " + shlex.join(sys.argv[1:]), cfg.seed, {k: round(result[k], 4) for k in keep}
+    )
+    if manifest is not None:
+        print(f"recorded in {manifest}")
+    _emit(args, {"out": str(args.out), **result})
+    return 0
+
+
+def cmd_eval_affordance(args: argparse.Namespace) -> int:
+    from perception.encoder import AffordanceEncoder
+    from perception.evaluation import evaluate_synthetic, evaluate_twin, twin_clouds
+
+    encoder = AffordanceEncoder.load(args.checkpoint)
+    print(f"synthetic: {args.samples} held-out clouds (seed {args.seed})", file=sys.stderr)
+    result: dict[str, Any] = {"checkpoint": str(args.checkpoint)}
+    result.update(evaluate_synthetic(encoder, args.samples, args.seed, workers=args.workers))
+    from tqdm import tqdm
+
+    n_eps = args.twin_episodes * 2
+    with tqdm(total=n_eps, desc="twin episodes", unit="ep", file=sys.stderr, disable=None) as bar:
+        clouds = twin_clouds(args.twin_episodes, args.seed, progress=bar.update)
+    result.update(evaluate_twin(encoder, clouds))
+    for key, value in result.items():
+        print(f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}")
+    _emit(args, result)
+    return 0
+
+
+def cmd_bench_affordance(args: argparse.Namespace) -> int:
+    from perception.encoder import AffordanceEncoder
+    from perception.evaluation import bench
+
+    result = bench(AffordanceEncoder.load(args.checkpoint), repeats=args.repeats)
+    for key, value in result.items():
+        print(f"{key:16s} {value:.3f}" if isinstance(value, float) else f"{key:16s} {value}")
+    _emit(args, result)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     out: Path = args.out
     print(f"dexhier demo: the privileged expert solves '{args.task}' in the MuJoCo twin "
@@ -266,6 +330,43 @@ def build_parser() -> argparse.ArgumentParser:
     add_json(er)
     er.set_defaults(func=cmd_eval_rollout)
 
+    tr = sub.add_parser("train", help="train models")
+    tr_sub = tr.add_subparsers(dest="train_command", required=True, metavar="MODEL", parser_class=_Parser)
+    ta = tr_sub.add_parser(
+        "affordance",
+        help="the point-cloud affordance encoder, on synthetic clouds",
+        description="Generate synthetic tool clouds from the twin's geometry (cached in OUT/data) and train "
+        "the PointNet affordance encoder. Checkpoints and the training state are written every 500 steps; "
+        "running the same command again resumes.",
+    )
+    ta.add_argument("--out", type=Path, required=True, help="checkpoint directory")
+    ta.add_argument("--samples", type=_positive, default=12000, help="training clouds (default: 12000)")
+    ta.add_argument("--val-samples", type=_positive, default=1000, help="validation clouds (default: 1000)")
+    ta.add_argument("--steps", type=_positive, default=3000, help="optimizer steps (default: 3000)")
+    ta.add_argument("--batch-size", type=_positive, default=128, help="batch size (default: 128)")
+    ta.add_argument("--workers", type=_positive, default=2, help="data-generation processes (default: 2)")
+    ta.add_argument("--seed", type=int, default=0, help="data and training seed (default: 0)")
+    add_json(ta)
+    ta.set_defaults(func=cmd_train_affordance)
+
+    ea = ev_sub.add_parser(
+        "affordance",
+        help="affordance encoder errors on held-out synthetic and twin clouds",
+        description="Tip-gap / angle errors and graspability accuracy on fresh synthetic clouds and on "
+        "wrist-camera clouds of the twin during expert episodes (tweezer_pick and tool_open_to).",
+    )
+    ea.add_argument(
+        "--checkpoint", type=Path, default=DEFAULT_AFFORDANCE, help="checkpoint (default: %(default)s)"
+    )
+    ea.add_argument("--samples", type=_positive, default=1000, help="synthetic clouds (default: 1000)")
+    ea.add_argument(
+        "--twin-episodes", type=_positive, default=5, help="expert episodes per task (default: 5)"
+    )
+    ea.add_argument("--seed", type=int, default=10_000, help="seed of the held-out data (default: 10000)")
+    ea.add_argument("--workers", type=_positive, default=2, help="data-generation processes (default: 2)")
+    add_json(ea)
+    ea.set_defaults(func=cmd_eval_affordance)
+
     be = sub.add_parser("bench", help="benchmarks")
     be_sub = be.add_subparsers(dest="bench_command", required=True, metavar="TARGET", parser_class=_Parser)
     bt = be_sub.add_parser(
@@ -278,6 +379,18 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--episodes", type=_positive, default=3, help="expert episodes to time (default: 3)")
     add_json(bt)
     bt.set_defaults(func=cmd_bench_twin)
+    ba = be_sub.add_parser(
+        "affordance",
+        help="preprocessing + encoding latency per cloud",
+        description="Latency of the whole perception step (pipeline + network) on a raw wrist-camera cloud "
+        "from 64x64 and 320x240 depth; p50 and p99 over repeats (keys p50_ms / p99_ms are for 320x240).",
+    )
+    ba.add_argument(
+        "--checkpoint", type=Path, default=DEFAULT_AFFORDANCE, help="checkpoint (default: %(default)s)"
+    )
+    ba.add_argument("--repeats", type=_positive, default=200, help="timed repeats per cloud (default: 200)")
+    add_json(ba)
+    ba.set_defaults(func=cmd_bench_affordance)
 
     de = sub.add_parser(
         "demo", help="the default demo: the expert solves tweezer_pick, with videos and a report"

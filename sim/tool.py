@@ -59,7 +59,11 @@ class TweezerParams:
 
     def tip_gap(self, theta: float) -> float:
         """Tip gap (m) at half-opening angle ``theta`` (rad)."""
-        return self.gap_at_zero + 2.0 * self.arm_length * math.sin(theta)
+        return self.tip_gap_for(self.arm_length, theta)
+
+    def tip_gap_for(self, arm_length: float, theta: float) -> float:
+        """Tip gap (m) of a tool like this one but with another ``arm_length`` (m), at ``theta`` (rad)."""
+        return self.gap_at_zero + 2.0 * arm_length * math.sin(theta)
 
     def theta_for_gap(self, gap: float) -> float:
         """Half-opening angle (rad) that gives tip gap ``gap`` (m); inverse of :meth:`tip_gap`."""

@@ -1,0 +1,149 @@
+"""The episode coordinator node (``episode_coordinator``): starts, stops and records episodes.
+
+Services ``/dexhier/episode/{start,stop,reset}`` (Trigger). ``start`` resets the twin
+(``/dexhier/sim/reset``, the next seed) and waits for the episode to end (success or time limit,
+reported by the twin on ``/dexhier/sim/episode``); each result is published on
+``/dexhier/episode/result`` (String, JSON) and appended to ``results_path`` (JSON lines). With
+``episodes > 0`` it runs that many episodes by itself, prints the summary and exits, which ends
+the launch when the node is ``required``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+
+from dexhier_ros.runtime import parameter
+
+
+class EpisodeCoordinator(Node):
+    def __init__(self) -> None:
+        super().__init__("episode_coordinator")
+        self.episodes = parameter(self, "episodes", 0)
+        self.results_path = Path(parameter(self, "results_path", "out/ros/episodes.jsonl"))
+        self.timeout = parameter(self, "episode_timeout", 60.0)  # wall seconds, a guard only
+        self.group = ReentrantCallbackGroup()
+        self.reset_client = self.create_client(Trigger, "/dexhier/sim/reset", callback_group=self.group)
+        self.pub_result = self.create_publisher(String, "/dexhier/episode/result", QoSProfile(depth=10))
+        self.create_subscription(String, "/dexhier/sim/episode", self._on_episode, QoSProfile(depth=10),
+                                 callback_group=self.group)  # fmt: skip
+        for name, cb in (("start", self._srv_start), ("stop", self._srv_stop), ("reset", self._srv_reset)):
+            self.create_service(Trigger, f"/dexhier/episode/{name}", cb, callback_group=self.group)
+        self.status: dict | None = None
+        self.active_seed: int | None = None
+        self.results: list[dict] = []
+        self.finished = False
+
+    # ----------------------------------------------------------------- twin status
+    def _on_episode(self, msg: String) -> None:
+        try:
+            doc = json.loads(msg.data)
+            doc["seed"], doc["done"] = int(doc["seed"]), bool(doc["done"])
+        except (ValueError, TypeError, KeyError) as err:
+            self.get_logger().warning(f"ignored malformed /dexhier/sim/episode message: {err}")
+            return
+        self.status = doc
+
+    def _reset_twin(self) -> int:
+        if not self.reset_client.wait_for_service(timeout_sec=10.0):
+            raise RuntimeError("/dexhier/sim/reset is not available")
+        future = self.reset_client.call_async(Trigger.Request())
+        t0 = time.monotonic()
+        while not future.done():
+            if time.monotonic() - t0 > 10.0:
+                raise RuntimeError("/dexhier/sim/reset did not answer")
+            time.sleep(0.005)
+        return int(json.loads(future.result().message)["seed"])
+
+    def run_episode(self) -> dict:
+        """Reset the twin and wait until its episode is done; returns the result record."""
+        seed = self._reset_twin()
+        self.active_seed = seed
+        t0 = time.monotonic()
+        while True:
+            st = self.status
+            if st is not None and st["seed"] == seed and st["done"]:
+                break
+            if time.monotonic() - t0 > self.timeout or self.active_seed is None:
+                st = {**(st or {}), "seed": seed, "success": False, "done": True, "aborted": True}
+                break
+            time.sleep(0.01)
+        result = {"seed": seed, "success": bool(st.get("success")), "sim_time": st.get("time"),
+                  "steps": st.get("steps"), "task": st.get("task"), "object_width": st.get("object_width"),
+                  "wall_time": time.monotonic() - t0, "aborted": bool(st.get("aborted", False))}  # fmt: skip
+        self.results.append(result)
+        self.results_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.results_path.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+        self.pub_result.publish(String(data=json.dumps(result)))
+        self.get_logger().info(
+            f"episode seed {seed}: {'success' if result['success'] else 'failure'} "
+            f"({result['sim_time']:.2f} s simulated, {result['wall_time']:.1f} s wall)"
+        )
+        self.active_seed = None
+        return result
+
+    # -------------------------------------------------------------------- services
+    def _srv_start(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        if self.active_seed is not None:
+            response.success, response.message = False, f"episode {self.active_seed} is running"
+            return response
+        result = self.run_episode()
+        response.success, response.message = True, json.dumps(result)
+        return response
+
+    def _srv_stop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        running = self.active_seed is not None
+        self.active_seed = None
+        response.success, response.message = True, "stopped" if running else "no episode running"
+        return response
+
+    def _srv_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        seed = self._reset_twin()
+        response.success, response.message = True, json.dumps({"seed": seed})
+        return response
+
+    def run_all(self) -> None:
+        for _ in range(self.episodes):
+            self.run_episode()
+        ok = sum(r["success"] for r in self.results)
+        summary = {"episodes": len(self.results), "successes": ok,
+                   "success_rate": ok / max(1, len(self.results))}  # fmt: skip
+        self.get_logger().info(f"summary: {json.dumps(summary)}")
+        print(f"SUMMARY {json.dumps(summary)}", flush=True)
+        self.finished = True
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = EpisodeCoordinator()
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    try:
+        if node.episodes > 0:
+            import threading
+
+            runner = threading.Thread(target=node.run_all, daemon=True)
+            runner.start()
+            while rclpy.ok() and not node.finished:
+                executor.spin_once(timeout_sec=0.05)
+        else:
+            executor.spin()
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The privileged expert as a policy node (``expert_policy``), standing in for the learned layers.
+
+It keeps a *mirror* of the twin: a local ``TwinEnv`` reset with the episode's seed (so it has the
+same model), whose state is overwritten every tick from the twin's debug topic
+``/dexhier/sim/state``. The expert reads ground truth from that mirror, exactly as in
+``dexhier eval rollout --policy expert``, and publishes joint trajectories on
+``/dexhier/command/arm`` and ``/dexhier/command/hand`` for the safety supervisor. A learned
+policy node has the same outputs but reads only cameras and joint states.
+"""
+
+from __future__ import annotations
+
+import json
+
+import mujoco
+import numpy as np
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from std_msgs.msg import Float64MultiArray, String
+from trajectory_msgs.msg import JointTrajectory
+
+from dexhier_ros import messages as M
+from dexhier_ros.runtime import parameter, run_node
+from sim.expert import ExpertPolicy
+from sim.twin import TwinConfig, TwinEnv
+
+
+class ExpertPolicyNode(Node):
+    def __init__(self) -> None:
+        super().__init__("expert_policy")
+        self.task = parameter(self, "task", "tweezer_pick")
+        self.mirror = TwinEnv(TwinConfig(task=self.task, render=False, points=False))
+        self.expert = ExpertPolicy(self.mirror)
+        self.dt = 1.0 / self.mirror.config.control_hz
+        self.arm_joints, self.hand_joints = self.mirror.robot.arm_joints, self.mirror.robot.hand_joints
+        reliable = QoSProfile(depth=10)
+        self.pub_arm = self.create_publisher(JointTrajectory, "/dexhier/command/arm", reliable)
+        self.pub_hand = self.create_publisher(JointTrajectory, "/dexhier/command/hand", reliable)
+        self.create_subscription(String, "/dexhier/sim/episode", self._on_episode, QoSProfile(depth=10))
+        self.create_subscription(Float64MultiArray, "/dexhier/sim/state", self._on_state, reliable)
+        self.seed: int | None = None
+        self.state_time = -1.0
+        self.acted_time = -1.0
+        self.create_timer(self.dt, self._tick)  # sim time (use_sim_time): one action per control period
+
+    def _on_episode(self, msg: String) -> None:
+        try:
+            doc = json.loads(msg.data)
+            seed, done, instruction = int(doc["seed"]), bool(doc["done"]), str(doc["instruction"])
+        except (ValueError, TypeError, KeyError) as err:
+            self.get_logger().warning(f"ignored malformed /dexhier/sim/episode message: {err}")
+            return
+        if seed != self.seed and not done:
+            self.seed = seed
+            self.mirror.reset(self.seed)
+            self.expert.reset()
+            self.state_time = self.acted_time = -1.0
+            self.get_logger().info(f"episode seed {self.seed}: {instruction}")
+
+    def _on_state(self, msg: Float64MultiArray) -> None:
+        m, d = self.mirror.model, self.mirror.data
+        if self.seed is None:
+            return
+        data = np.asarray(msg.data, dtype=np.float64)
+        if len(data) != 1 + m.nq + m.nv or not np.all(np.isfinite(data)):
+            self.get_logger().warning(
+                f"ignored /dexhier/sim/state: {len(data)} values (expected {1 + m.nq + m.nv}) or non-finite"
+            )
+            return
+        d.time = data[0]
+        d.qpos[:] = data[1 : 1 + m.nq]
+        d.qvel[:] = data[1 + m.nq :]
+        mujoco.mj_forward(m, d)
+        self.state_time = float(data[0])
+
+    def _tick(self) -> None:
+        if self.seed is None or self.state_time < 0 or self.state_time <= self.acted_time:
+            return  # no fresh state: send nothing, the safety supervisor holds on staleness
+        action = self.expert.select_action(None)
+        self.acted_time = self.state_time
+        n = len(self.arm_joints)
+        self.pub_arm.publish(M.trajectory(self.arm_joints, action[:n], [self.dt]))
+        self.pub_hand.publish(M.trajectory(self.hand_joints, action[n:], [self.dt]))
+
+
+def main(args: list[str] | None = None) -> None:
+    run_node(ExpertPolicyNode, args)
+
+
+if __name__ == "__main__":
+    main()

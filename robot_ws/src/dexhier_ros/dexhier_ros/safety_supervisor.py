@@ -1,0 +1,138 @@
+"""The safety supervisor node (``safety_supervisor``): between the policy and the controllers.
+
+One :class:`dexhier.safety.SafetySupervisor` per controller (arm, hand). Policy commands arrive on
+``/dexhier/command/{arm,hand}`` (JointTrajectory; the first point is the target), are checked,
+clamped to position limits and rate-limited, and forwarded as one-point trajectories to
+``/{arm,hand}_controller/joint_trajectory``. A control-rate timer holds the current position when
+commands go stale. ``/dexhier/estop`` (Bool, True) latches an e-stop until the
+``/dexhier/estop/reset`` service. Every decision (raw request, command sent, verdict, reasons) is
+published on ``/dexhier/safety/status`` (String, JSON).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from dexhier.safety import SafetyDecision, SafetyLimits, SafetySupervisor
+from dexhier_ros import messages as M
+from dexhier_ros.runtime import parameter, run_node
+
+
+def _limits_from_twin(task: str, joints: str, arm_velocity: float, hand_velocity: float, stale: float):
+    """Joint limits read from the twin's robot model (the same MJCF the cell's robot is built from)."""
+    from sim.twin import TwinConfig, TwinEnv
+
+    env = TwinEnv(TwinConfig(task=task, render=False, points=False))
+    spec, n = env.action_spec, env.robot.n_arm
+    sl = slice(0, n) if joints == "arm" else slice(n, None)
+    vel = arm_velocity if joints == "arm" else hand_velocity
+    names = spec.names[sl]
+    env.close()
+    return SafetyLimits(names=names, lower=spec.lower[sl], upper=spec.upper[sl],
+                        max_velocity=np.full(len(names), vel), stale_after=stale)  # fmt: skip
+
+
+class SafetySupervisorNode(Node):
+    def __init__(self) -> None:
+        super().__init__("safety_supervisor")
+        task = parameter(self, "task", "tweezer_pick")
+        rate = parameter(self, "control_hz", 20.0)
+        stale = parameter(self, "stale_after", 0.1)
+        arm_vel, hand_vel = (
+            parameter(self, "arm_max_velocity", 2.0),
+            parameter(self, "hand_max_velocity", 6.0),
+        )
+        self.sup = {
+            j: SafetySupervisor(_limits_from_twin(task, j, arm_vel, hand_vel, stale)) for j in ("arm", "hand")
+        }
+        reliable = QoSProfile(depth=10)
+        self.out = {
+            j: self.create_publisher(JointTrajectory, f"/{j}_controller/joint_trajectory", reliable)
+            for j in ("arm", "hand")
+        }
+        self.pub_status = self.create_publisher(String, "/dexhier/safety/status", reliable)
+        for j in ("arm", "hand"):
+            self.create_subscription(
+                JointTrajectory, f"/dexhier/command/{j}", lambda msg, j=j: self._on_command(j, msg), reliable
+            )
+        self.create_subscription(JointState, "/joint_states", self._on_state, reliable)
+        self.create_subscription(Bool, "/dexhier/estop", self._on_estop, reliable)
+        self.create_service(Trigger, "/dexhier/estop/reset", self._on_reset)
+        self.dt = 1.0 / rate
+        self.create_timer(self.dt, self._tick)
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _send(self, joints: str, decision: SafetyDecision | None) -> None:
+        if decision is None:
+            return
+        sup = self.sup[joints]
+        if decision.command is not None:
+            self.out[joints].publish(M.trajectory(sup.limits.names, decision.command, [self.dt]))
+        if decision.verdict.value != "forwarded":
+            doc = {"controller": joints, "verdict": decision.verdict.value, "reasons": list(decision.reasons),
+                   "time": self._now(),
+                   "request": None if decision.request is None else decision.request.tolist(),
+                   "command": None if decision.command is None else decision.command.tolist()}  # fmt: skip
+            self.pub_status.publish(String(data=json.dumps(doc)))
+
+    def _on_command(self, joints: str, msg: JointTrajectory) -> None:
+        if not msg.points:
+            self.get_logger().warning(f"rejected {joints} command: empty trajectory")
+            return
+        point = msg.points[0]
+        if len(point.positions) != len(msg.joint_names):
+            self.get_logger().warning(f"rejected {joints} command: {len(point.positions)} positions "
+                                      f"for {len(msg.joint_names)} joints")  # fmt: skip
+            return
+        decision = self.sup[joints].submit(
+            list(msg.joint_names), np.asarray(point.positions, float), self._now()
+        )
+        if decision.verdict.value == "rejected":
+            self.get_logger().warning(f"rejected {joints} command: {'; '.join(decision.reasons)}")
+        self._send(joints, decision)
+
+    def _on_state(self, msg: JointState) -> None:
+        if len(msg.position) != len(msg.name):
+            self.get_logger().warning("ignored joint_states: names and positions differ in length")
+            return
+        # Stamp with our own clock: a sender's absurd header stamp must not steer the rate limiter.
+        now = self._now()
+        for sup in self.sup.values():
+            sup.update_state(list(msg.name), np.asarray(msg.position, float), now)
+            if sup.last_state_error:
+                self.get_logger().warning(f"joint_states: {sup.last_state_error}", throttle_duration_sec=1.0)
+
+    def _on_estop(self, msg: Bool) -> None:
+        for j, sup in self.sup.items():
+            self._send(j, sup.estop(bool(msg.data), self._now()))
+        if msg.data:
+            self.get_logger().error("e-stop latched: holding position until /dexhier/estop/reset")
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        was = [sup.reset_estop(self._now()) for sup in self.sup.values()]
+        response.success = True
+        response.message = "e-stop released" if any(was) else "e-stop was not latched"
+        return response
+
+    def _tick(self) -> None:
+        now = self._now()
+        for j, sup in self.sup.items():
+            self._send(j, sup.tick(now))
+
+
+def main(args: list[str] | None = None) -> None:
+    run_node(SafetySupervisorNode, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""The MuJoCo twin as a ROS 2 robot driver (node ``twin_bridge``).
+
+Publishes what a real cell's drivers publish: ``/clock`` (the twin is the clock; every node runs
+with ``use_sim_time``), ``/joint_states``, the scene camera's colour / depth (32FC1, m) /
+camera_info and ``/camera/points``; takes joint-trajectory-controller commands on
+``/arm_controller/joint_trajectory`` and ``/hand_controller/joint_trajectory``, validated and
+interpolated like ros2_control's JTC (invalid trajectories are rejected with one log line).
+Services: ``/dexhier/sim/reset`` (next seed), ``/dexhier/sim/pause`` (SetBool).
+
+Debug outputs for the privileged expert and the coordinator (never for learned policies):
+``/dexhier/sim/state`` (Float64MultiArray: time, qpos, qvel) and ``/dexhier/sim/episode``
+(String, JSON: seed, task, instruction, episode time, clock, success, done); the state
+message starts with the episode time (s since reset), the clock keeps running across resets.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2, PointField
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from dexhier import vocabulary as V
+from dexhier_ros import messages as M
+from dexhier_ros.runtime import parameter, run_node
+from perception.pointcloud2 import to_pointcloud2
+from sim.camera import camera_intrinsics
+from sim.cell import SCENE_CAMERA
+from sim.twin import TwinConfig, TwinEnv
+
+
+class TrajectoryFollower:
+    """Linear interpolation of accepted trajectories for one controller (positions only, JTC-like)."""
+
+    def __init__(self, joints: tuple[str, ...], start: np.ndarray) -> None:
+        self.joints = joints
+        self._hold = start.copy()
+        self._t0 = 0.0
+        self._times = np.zeros(0)
+        self._points = np.zeros((0, len(joints)))
+
+    def accept(self, msg: JointTrajectory, now: float, current: np.ndarray) -> None:
+        """Replace the active trajectory (raises MessageError if invalid)."""
+        times, points = M.parse_trajectory(msg, self.joints)
+        stamp = M.from_time(msg.header.stamp)
+        if stamp != 0.0 and stamp + times[-1] < now:
+            raise M.MessageError(f"trajectory ends in the past (stamp {stamp:.3f} s, now {now:.3f} s)")
+        if stamp > now + 10.0:
+            raise M.MessageError(f"trajectory starts {stamp - now:.1f} s in the future")
+        self._hold = current.copy()
+        self._t0 = now if stamp == 0.0 else stamp
+        self._times, self._points = times, points
+
+    def target(self, now: float) -> np.ndarray:
+        if len(self._times) == 0:
+            return self._hold
+        t = now - self._t0
+        times = np.concatenate([[0.0], self._times])
+        points = np.vstack([self._hold, self._points])
+        if t >= times[-1]:
+            return points[-1]
+        i = int(np.searchsorted(times, t, side="right")) - 1
+        if i < 0:
+            return points[0]
+        a = (t - times[i]) / (times[i + 1] - times[i])
+        return (1 - a) * points[i] + a * points[i + 1]
+
+
+class TwinBridge(Node):
+    def __init__(self) -> None:
+        super().__init__("twin_bridge")
+        self.task = parameter(self, "task", "tweezer_pick")
+        self.seed = parameter(self, "seed", 0)
+        self.rtf = parameter(self, "real_time_factor", 1.0)
+        self.camera_every = parameter(self, "camera_every", 2)
+        self.video_dir = parameter(self, "video_dir", "")  # "" = no videos
+        self.video_episodes = parameter(self, "video_episodes", 1)
+        self.video = None
+        size = (parameter(self, "image_width", 64), parameter(self, "image_height", 64))
+        self.env = TwinEnv(
+            TwinConfig(task=self.task, image_width=size[0], image_height=size[1], cameras=(SCENE_CAMERA,))
+        )
+        self.dt = 1.0 / self.env.config.control_hz
+        self.intr = camera_intrinsics(self.env.model, SCENE_CAMERA, *size)
+        self.names = self.env.action_spec.names
+        self.arm_joints, self.hand_joints = self.env.robot.arm_joints, self.env.robot.hand_joints
+        reliable = QoSProfile(depth=10)
+        self.pub_clock = self.create_publisher(Clock, "/clock", reliable)
+        self.pub_js = self.create_publisher(JointState, "/joint_states", reliable)
+        self.pub_rgb = self.create_publisher(Image, "/camera/color/image_raw", qos_profile_sensor_data)
+        self.pub_depth = self.create_publisher(Image, "/camera/depth/image_raw", qos_profile_sensor_data)
+        self.pub_info = self.create_publisher(
+            CameraInfo, "/camera/color/camera_info", qos_profile_sensor_data
+        )
+        self.pub_points = self.create_publisher(PointCloud2, "/camera/points", qos_profile_sensor_data)
+        self.pub_state = self.create_publisher(Float64MultiArray, "/dexhier/sim/state", reliable)
+        self.pub_episode = self.create_publisher(String, "/dexhier/sim/episode", QoSProfile(depth=10))
+        self.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", self._on_arm, reliable)
+        self.create_subscription(
+            JointTrajectory, "/hand_controller/joint_trajectory", self._on_hand, reliable
+        )
+        self.create_service(Trigger, "/dexhier/sim/reset", self._on_reset)
+        self.create_service(SetBool, "/dexhier/sim/pause", self._on_pause)
+        self.paused = False
+        self.episode = -1
+        self.clock_offset = 0.0  # /clock stays monotonic across resets (the twin's time restarts at 0)
+        self._reset(self.seed)
+        self.create_timer(self.dt / max(self.rtf, 1e-3), self._tick)
+        self.get_logger().info(
+            f"twin ready: task {self.task}, {1 / self.dt:g} Hz, real-time factor {self.rtf:g}"
+        )
+
+    # ---------------------------------------------------------------- commands
+    def _current(self, joints: tuple[str, ...]) -> np.ndarray:
+        return np.array([self.command[self.names.index(j)] for j in joints])
+
+    def _accept(self, follower: TrajectoryFollower, msg: JointTrajectory, what: str) -> None:
+        try:
+            follower.accept(msg, self._now(), self._current(follower.joints))
+        except M.MessageError as err:
+            self.get_logger().warning(f"rejected {what} trajectory: {err}")
+
+    def _on_arm(self, msg: JointTrajectory) -> None:
+        self._accept(self.arm, msg, "arm")
+
+    def _on_hand(self, msg: JointTrajectory) -> None:
+        self._accept(self.hand, msg, "hand")
+
+    # ---------------------------------------------------------------- episodes
+    def _close_video(self) -> None:
+        if self.video is not None:
+            self.video.close()
+            self.get_logger().info(f"wrote {self.video.path} ({self.video.frames} frames)")
+            self.video = None
+
+    def _video_frame(self) -> None:
+        if self.video is not None:
+            views = [self.env.render(camera, 320, 240) for camera in ("scene", "wrist")]
+            self.video.append(np.concatenate(views, axis=1))
+
+    def _reset(self, seed: int) -> None:
+        self._close_video()
+        if self.episode >= 0:
+            self.clock_offset += float(self.env.data.time) + self.dt
+        self.current_seed = seed
+        self.obs = self.env.reset(seed)
+        self.episode += 1
+        q = np.concatenate([self.obs[V.OBS_ARM_QPOS], self.obs[V.OBS_HAND_QPOS]])
+        self.command = q.copy()
+        self.arm = TrajectoryFollower(self.arm_joints, q[: len(self.arm_joints)])
+        self.hand = TrajectoryFollower(self.hand_joints, q[len(self.arm_joints) :])
+        self.done, self.success, self.steps = False, False, 0
+        # Episode 0 is the idle start-up scene; recorded episodes are the ones the coordinator starts.
+        if self.video_dir and 1 <= self.episode <= self.video_episodes:
+            from sim.video import VideoWriter
+
+            path = f"{self.video_dir}/{self.task}_seed{seed}.mp4"
+            self.video = VideoWriter(path, fps=1.0 / self.dt)
+            self._video_frame()
+        self._publish(camera=True)
+        self._publish_episode()
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        seed = self.seed + self.episode + 1
+        self._reset(seed)
+        response.success, response.message = True, json.dumps({"seed": seed})
+        return response
+
+    def _on_pause(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        self.paused = bool(request.data)
+        response.success, response.message = True, "paused" if self.paused else "running"
+        return response
+
+    def _publish_episode(self) -> None:
+        inst = self.env.instance
+        doc = {
+            "seed": self.current_seed, "task": inst.task, "instruction": inst.instruction,
+            "time": float(self.env.data.time), "clock": self._now(), "steps": self.steps,
+            "success": self.success, "done": self.done, "object_width": inst.object.width,
+        }  # fmt: skip
+        self.pub_episode.publish(String(data=json.dumps(doc)))
+
+    # -------------------------------------------------------------------- loop
+    def _now(self) -> float:
+        """ROS time of the twin (s): episode time plus the length of the earlier episodes."""
+        return self.clock_offset + float(self.env.data.time)
+
+    def _tick(self) -> None:
+        if self.paused or not rclpy.ok():
+            return
+        t = self._now()
+        self.command = np.concatenate([self.arm.target(t + self.dt), self.hand.target(t + self.dt)])
+        self.obs, _, terminated, truncated, info = self.env.step(self.command)
+        self.steps += 1
+        if not self.done:
+            self._video_frame()
+        if not self.done and (terminated or truncated):
+            self.done, self.success = True, bool(info["success"])
+            self._close_video()
+            self._publish_episode()
+        self._publish(camera=self.steps % self.camera_every == 0)
+
+    def close(self) -> None:
+        self._close_video()
+        self.env.close()
+
+    def _publish(self, camera: bool) -> None:
+        d, now = self.env.data, self._now()
+        clock = Clock()
+        clock.clock = M.to_time(now)
+        self.pub_clock.publish(clock)
+        pos = np.concatenate([self.obs[V.OBS_ARM_QPOS], self.obs[V.OBS_HAND_QPOS]])
+        vel = np.concatenate([self.obs[V.OBS_ARM_QVEL], self.obs[V.OBS_HAND_QVEL]])
+        self.pub_js.publish(M.joint_state(self.names, pos, vel, now))
+        state = Float64MultiArray()
+        state.data = [float(d.time), *d.qpos.tolist(), *d.qvel.tolist()]  # episode time, qpos, qvel
+        self.pub_state.publish(state)
+        if camera:
+            frame = V.FRAME_SCENE_CAMERA
+            self.pub_rgb.publish(M.image(self.obs[V.rgb_key(SCENE_CAMERA)], now, frame))
+            self.pub_depth.publish(M.image(self.obs[V.depth_key(SCENE_CAMERA)], now, frame))
+            self.pub_info.publish(M.camera_info(self.intr, now, frame))
+            cloud = to_pointcloud2(self.obs[V.OBS_POINTS], self.obs[V.OBS_POINTS_LABEL].astype(np.int32),
+                                   msg_cls=PointCloud2, field_cls=PointField)  # fmt: skip
+            cloud.header.stamp, cloud.header.frame_id = M.to_time(now), V.FRAME_BASE
+            self.pub_points.publish(cloud)
+
+
+def main(args: list[str] | None = None) -> None:
+    run_node(TwinBridge, args)
+
+
+if __name__ == "__main__":
+    main()

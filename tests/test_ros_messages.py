@@ -1,0 +1,90 @@
+"""Conversions between ROS messages and numpy, and the JTC-like trajectory checks (no DDS needed)."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sensor_msgs.msg")
+
+from sensor_msgs.msg import Image, JointState  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
+
+from dexhier_ros import messages as M  # noqa: E402
+from sim.camera import Intrinsics  # noqa: E402
+
+JOINTS = ("a", "b", "c")
+
+
+def test_time_round_trip():
+    for t in (0.0, 0.05, 12.345678901, 1e5 + 0.25):
+        assert M.from_time(M.to_time(t)) == pytest.approx(t, abs=1e-9)
+
+
+def test_joint_state_is_matched_by_name():
+    msg = M.joint_state(("c", "a", "b"), np.array([3.0, 1.0, 2.0]), np.zeros(3), 1.0)
+    np.testing.assert_array_equal(M.joint_positions(msg, JOINTS), [1.0, 2.0, 3.0])
+    with pytest.raises(M.MessageError, match="lacks joints"):
+        M.joint_positions(msg, ("a", "z"))
+    bad = JointState(name=["a"], position=[1.0, 2.0])
+    with pytest.raises(M.MessageError, match="names"):
+        M.joint_positions(bad, ("a",))
+    nan = JointState(name=["a"], position=[float("nan")])
+    with pytest.raises(M.MessageError, match="non-finite"):
+        M.joint_positions(nan, ("a",))
+
+
+def test_trajectory_round_trip_reorders_by_name():
+    msg = M.trajectory(("b", "c", "a"), np.array([[2.0, 3.0, 1.0], [5.0, 6.0, 4.0]]), [0.1, 0.2])
+    times, pos = M.parse_trajectory(msg, JOINTS)
+    np.testing.assert_allclose(times, [0.1, 0.2])
+    np.testing.assert_array_equal(pos, [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+
+
+def _traj(names, rows, times):
+    msg = JointTrajectory(joint_names=list(names))
+    for q, t in zip(rows, times, strict=True):
+        msg.points.append(JointTrajectoryPoint(positions=list(q), time_from_start=M.to_duration(t)))
+    return msg
+
+
+@pytest.mark.parametrize(
+    ("msg", "reason"),
+    [
+        (_traj([], [], []), "empty joint_names"),
+        (_traj(JOINTS, [], []), "empty trajectory"),
+        (_traj(("a", "b"), [[0, 0]], [0.1]), "missing joints"),
+        (_traj(("a", "b", "c", "x"), [[0, 0, 0, 0]], [0.1]), "unknown joints"),
+        (_traj(("a", "a", "b"), [[0, 0, 0]], [0.1]), "duplicate"),
+        (_traj(JOINTS, [[0, 0, float("nan")]], [0.1]), "non-finite"),
+        (_traj(JOINTS, [[0, 0, 0], [1, 1, 1]], [0.2, 0.1]), "strictly increasing"),
+        (_traj(JOINTS, [[0, 0]], [0.1]), "positions for"),
+    ],
+    ids=["no-names", "no-points", "partial", "unknown", "duplicate", "nan", "time-order", "short-point"],
+)
+def test_invalid_trajectories_are_rejected_like_ros2_control(msg, reason):
+    with pytest.raises(M.MessageError, match=reason):
+        M.parse_trajectory(msg, JOINTS)
+
+
+def test_images_round_trip_and_bad_encodings_are_rejected():
+    rgb = np.random.default_rng(0).integers(0, 255, (6, 8, 3), dtype=np.uint8)
+    depth = np.random.default_rng(1).random((6, 8)).astype(np.float32)
+    np.testing.assert_array_equal(M.image_array(M.image(rgb, 0.0, "cam")), rgb)
+    np.testing.assert_array_equal(M.image_array(M.image(depth, 0.0, "cam")), depth)
+    bgr = M.image(rgb, 0.0, "cam")
+    bgr.encoding = "bgr8"
+    np.testing.assert_array_equal(M.image_array(bgr), rgb[..., ::-1])
+    with pytest.raises(M.MessageError, match="unsupported image encoding"):
+        M.image_array(Image(height=2, width=2, encoding="mono16", step=4, data=bytes(8)))
+    short = M.image(rgb, 0.0, "cam")
+    short.data = bytes(10)
+    with pytest.raises(M.MessageError, match="bytes"):
+        M.image_array(short)
+    with pytest.raises(M.MessageError, match="cannot encode"):
+        M.image(np.zeros((4, 4), np.int16), 0.0, "cam")
+
+
+def test_camera_info_carries_the_intrinsics():
+    intr = Intrinsics.from_fovy(50.0, 64, 48)
+    info = M.camera_info(intr, 1.5, "cam")
+    assert (info.width, info.height) == (64, 48)
+    np.testing.assert_allclose(np.array(info.k).reshape(3, 3), intr.matrix())
