@@ -240,14 +240,24 @@ def cmd_bench_affordance(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     out: Path = args.out
-    print(f"dexhier demo: the privileged expert solves '{args.task}' in the MuJoCo twin "
-          f"({args.episodes} seeded episodes, {args.workers} workers)")  # fmt: skip
-    ns = argparse.Namespace(
-        policy="expert", task=args.task, episodes=args.episodes, seed=args.seed, workers=args.workers,
-        video=out / "videos", videos=2, report=out / "report.md", json=args.json,
-    )  # fmt: skip
-    summary = _run_eval(ns, f"dexhier demo --task {args.task} --episodes {args.episodes} --seed {args.seed}")
-    print(f"videos: {', '.join(summary['videos'])}")
+    policy = "the privileged expert (standing in until the learned layers land)"
+    if args.direct:
+        print(f"dexhier demo: {policy} solves '{args.task}' in the MuJoCo twin, in-process "
+              f"({args.episodes} seeded episodes, {args.workers} workers)")  # fmt: skip
+        ns = argparse.Namespace(
+            policy="expert", task=args.task, episodes=args.episodes, seed=args.seed, workers=args.workers,
+            video=out / "videos", videos=args.videos, report=out / "report.md", json=args.json,
+        )  # fmt: skip
+        summary = _run_eval(ns, f"dexhier demo --direct --task {args.task} --episodes {args.episodes}")
+    else:
+        from dexhier.ros_demo import run_demo
+
+        graph = "twin bridge -> policy -> safety supervisor -> twin"
+        print(f"dexhier demo: {policy} solves '{args.task}' through the ROS 2 graph ({graph}), "
+              f"{args.episodes} seeded episodes")  # fmt: skip
+        summary = run_demo(args.task, args.episodes, args.seed, out, args.real_time_factor, args.videos)
+        print(f"report: {summary['report']}")
+    print(f"videos: {', '.join(summary['videos']) or 'none'}")
     _emit(args, summary)
     return 0
 
@@ -393,15 +403,27 @@ def build_parser() -> argparse.ArgumentParser:
     ba.set_defaults(func=cmd_bench_affordance)
 
     de = sub.add_parser(
-        "demo", help="the default demo: the expert solves tweezer_pick, with videos and a report"
+        "demo",
+        help="the default demo (make demo): the stack through the ROS 2 graph against the twin",
+        description="Launch launch/sim.launch.xml (twin bridge, policy, safety supervisor, episode "
+        "coordinator) with the project's launch runner, run seeded episodes through the graph, print the "
+        "results by object width and write a report and a video. --direct runs the same policy in-process "
+        "instead (no ROS).",
     )
-    de.add_argument("--task", choices=tasks, default="tweezer_pick")
-    de.add_argument("--episodes", type=_positive, default=20, help="number of episodes (default: 20)")
-    de.add_argument("--seed", type=int, default=0)
-    de.add_argument("--workers", type=_positive, default=2)
+    de.add_argument("--task", choices=tasks, default="tweezer_pick", help="task (default: %(default)s)")
+    de.add_argument("--episodes", type=_positive, default=5, help="number of episodes (default: 5)")
+    de.add_argument("--seed", type=int, default=0, help="seed of episode 0 (default: 0)")
+    de.add_argument("--real-time-factor", type=float, default=2.0, help="twin speed vs wall (default: 2)")
+    de.add_argument("--videos", type=int, default=1, help="episodes to record as MP4 (default: 1)")
+    de.add_argument("--direct", action="store_true", help="run in-process without ROS")
+    de.add_argument("--workers", type=_positive, default=2, help="with --direct: processes (default: 2)")
     de.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory (default: out/demo)")
     add_json(de)
     de.set_defaults(func=cmd_demo)
+
+    from dexhier.launch.cli import add_launch_parser
+
+    add_launch_parser(sub, _Parser)
     return p
 
 

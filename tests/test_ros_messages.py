@@ -5,10 +5,10 @@ import pytest
 
 pytest.importorskip("sensor_msgs.msg")
 
+from dexhier_ros import messages as M  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
-from dexhier_ros import messages as M  # noqa: E402
 from sim.camera import Intrinsics  # noqa: E402
 
 JOINTS = ("a", "b", "c")

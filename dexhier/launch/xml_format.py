@@ -36,7 +36,6 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 from xml.parsers import expat
 
 import yaml
@@ -49,7 +48,7 @@ class LaunchError(ValueError):
 
 
 # ------------------------------------------------------------------------------ the node action
-ParamValue = Union[bool, int, float, str, list[bool], list[int], list[float], list[str]]
+ParamValue = bool | int | float | str | list[bool] | list[int] | list[float] | list[str]
 OUTPUTS = ("screen", "log", "both")
 
 
@@ -250,8 +249,11 @@ class Call:
     args: tuple[Template, ...]
 
 
-Template = tuple[Union[str, Call], ...]
-SUBSTITUTIONS: dict[str, tuple[int, int]] = {"var": (1, 2), "env": (1, 2), "find-pkg-share": (1, 1), "dirname": (0, 0)}
+Template = tuple[str | Call, ...]
+# name -> (fewest, most) arguments
+SUBSTITUTIONS: dict[str, tuple[int, int]] = {
+    "var": (1, 2), "env": (1, 2), "find-pkg-share": (1, 1), "dirname": (0, 0)
+}
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
@@ -407,6 +409,8 @@ class _Interpreter:
 
     # --- actions
     def include(self, path: Path, given: list[tuple[str, str]], where: str) -> None:
+        """Run a file's actions in the current scope (ROS 2 does not scope includes)."""
+        where = where or str(path)
         if path.suffix != ".xml":
             raise LaunchError(f"{where}: only XML launch files are supported, not {path.name}")
         if not path.is_file():
@@ -415,7 +419,7 @@ class _Interpreter:
         if path.resolve() in self.files:
             raise LaunchError(f"{where}: {path} includes itself")
         root = _load_xml(path)
-        _check_required_args(root, [name for name, _ in given], where)
+        _check_required_args(root, [name for name, _ in given], "" if not self.files else where)
         for name, value in given:
             self.scope.configs[name] = value
         self.files.append(path.resolve())
@@ -616,7 +620,9 @@ def _check_required_args(root: Element, given: list[str], where: str) -> None:
 
 
 # ------------------------------------------------------------------------------ entry point
-def parse_launch_file(path: str | os.PathLike[str], args: Mapping[str, str] | None = None) -> LaunchDescription:
+def parse_launch_file(
+    path: str | os.PathLike[str], args: Mapping[str, str] | None = None
+) -> LaunchDescription:
     """Resolve a launch file with command-line arguments ``name:=value`` into the nodes to start.
 
     Raises :class:`LaunchError` (a ``ValueError``) with a one-line message on any problem.
