@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, RuntimeError, FileNotFoundError, FileExistsError) as err:
         print(f"dexhier: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -154,7 +154,8 @@ def write_report(summary: dict[str, Any], path: Path, command: str, videos: list
     failed = [e["seed"] for e in summary["per_episode"] if not e["success"]]
     first, n = summary["seed"], summary["episodes"]
     lines = [
-        f"# Evaluation: {summary['policy']} on {summary['task']}",
+        f"# Evaluation: {summary['policy']} on {summary['task']}"
+        + (" (through the ROS 2 graph)" if summary.get("through_ros") else ""),
         "",
         f"Command: `{command}`",
         "",

@@ -39,9 +39,8 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "episodes.jsonl"
     results_path.unlink(missing_ok=True)
-    # The twin starts on seed - 1 (an idle scene); each started episode takes the next seed.
     args = {
-        "task": task, "episodes": str(episodes), "seed": str(seed - 1),
+        "task": task, "episodes": str(episodes), "seed": str(seed),
         "real_time_factor": str(real_time_factor), "results_path": str(results_path),
         "video_dir": str(out / "videos"), "video_episodes": str(videos),
     }  # fmt: skip

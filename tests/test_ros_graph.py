@@ -42,7 +42,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 def test_launched_sim_graph_solves_seeded_episodes(tmp_path):
     results = tmp_path / "episodes.jsonl"
     launch_file = str(ROOT / "launch" / "sim.launch.xml")
-    args = ["episodes:=3", "seed:=200", "real_time_factor:=2.0", f"results_path:={results}"]
+    args = ["episodes:=3", "seed:=201", "real_time_factor:=2.0", f"results_path:={results}"]
     cmd = [str(BIN / "dexhier"), "launch", launch_file, *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -42,6 +42,7 @@ class EpisodeCoordinator(Node):
         self.active_seed: int | None = None
         self.results: list[dict] = []
         self.finished = False
+        self.failed = False
 
     # ----------------------------------------------------------------- twin status
     def _on_episode(self, msg: String) -> None:
@@ -113,8 +114,12 @@ class EpisodeCoordinator(Node):
         return response
 
     def run_all(self) -> None:
-        for _ in range(self.episodes):
-            self.run_episode()
+        try:
+            for _ in range(self.episodes):
+                self.run_episode()
+        except RuntimeError as err:
+            self.get_logger().error(f"stopping: {err}")
+            self.failed = True
         ok = sum(r["success"] for r in self.results)
         summary = {"episodes": len(self.results), "successes": ok,
                    "success_rate": ok / max(1, len(self.results))}  # fmt: skip
@@ -141,8 +146,11 @@ def main(args: list[str] | None = None) -> None:
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         pass
     finally:
+        failed = node.failed
         node.destroy_node()
         rclpy.try_shutdown()
+    if failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

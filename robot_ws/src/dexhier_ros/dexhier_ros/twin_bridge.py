@@ -5,7 +5,8 @@ with ``use_sim_time``), ``/joint_states``, the scene camera's colour / depth (32
 camera_info and ``/camera/points``; takes joint-trajectory-controller commands on
 ``/arm_controller/joint_trajectory`` and ``/hand_controller/joint_trajectory``, validated and
 interpolated like ros2_control's JTC (invalid trajectories are rejected with one log line).
-Services: ``/dexhier/sim/reset`` (next seed), ``/dexhier/sim/pause`` (SetBool).
+Services: ``/dexhier/sim/reset`` (starts episode k with seed ``seed + k``; the start-up scene
+before the first reset uses ``seed`` too, idle), ``/dexhier/sim/pause`` (SetBool).
 
 Debug outputs for the privileged expert and the coordinator (never for learned policies):
 ``/dexhier/sim/state`` (Float64MultiArray: time, qpos, qvel) and ``/dexhier/sim/episode``
@@ -109,7 +110,7 @@ class TwinBridge(Node):
         self.create_service(Trigger, "/dexhier/sim/reset", self._on_reset)
         self.create_service(SetBool, "/dexhier/sim/pause", self._on_pause)
         self.paused = False
-        self.episode = -1
+        self.started = 0  # episodes started through /dexhier/sim/reset
         self.clock_offset = 0.0  # /clock stays monotonic across resets (the twin's time restarts at 0)
         self._reset(self.seed)
         self.create_timer(self.dt / max(self.rtf, 1e-3), self._tick)
@@ -147,18 +148,17 @@ class TwinBridge(Node):
 
     def _reset(self, seed: int) -> None:
         self._close_video()
-        if self.episode >= 0:
+        if hasattr(self, "obs"):
             self.clock_offset += float(self.env.data.time) + self.dt
         self.current_seed = seed
         self.obs = self.env.reset(seed)
-        self.episode += 1
         q = np.concatenate([self.obs[V.OBS_ARM_QPOS], self.obs[V.OBS_HAND_QPOS]])
         self.command = q.copy()
         self.arm = TrajectoryFollower(self.arm_joints, q[: len(self.arm_joints)])
         self.hand = TrajectoryFollower(self.hand_joints, q[len(self.arm_joints) :])
         self.done, self.success, self.steps = False, False, 0
-        # Episode 0 is the idle start-up scene; recorded episodes are the ones the coordinator starts.
-        if self.video_dir and 1 <= self.episode <= self.video_episodes:
+        # The start-up scene is idle; the recorded episodes are the first ones started by a reset.
+        if self.video_dir and 1 <= self.started <= self.video_episodes:
             from sim.video import VideoWriter
 
             path = f"{self.video_dir}/{self.task}_seed{seed}.mp4"
@@ -168,7 +168,8 @@ class TwinBridge(Node):
         self._publish_episode()
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        seed = self.seed + self.episode + 1
+        seed = self.seed + self.started
+        self.started += 1
         self._reset(seed)
         response.success, response.message = True, json.dumps({"seed": seed})
         return response
