@@ -238,6 +238,18 @@ def cmd_bench_affordance(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_ros(args: argparse.Namespace) -> int:
+    from dexhier.ros_bench import bench_ros
+
+    print(f"bench ros: the sim graph for {args.duration:g} s at real-time factor {args.real_time_factor:g}",
+          file=sys.stderr)  # fmt: skip
+    result = bench_ros(args.duration, args.real_time_factor)
+    for key, value in result.items():
+        print(f"{key:28s} {value:.3f}" if isinstance(value, float) else f"{key:28s} {value}")
+    _emit(args, result)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     out: Path = args.out
     policy = "the privileged expert (standing in until the learned layers land)"
@@ -401,6 +413,17 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--repeats", type=_positive, default=200, help="timed repeats per cloud (default: 200)")
     add_json(ba)
     ba.set_defaults(func=cmd_bench_affordance)
+    br = be_sub.add_parser(
+        "ros",
+        help="latency, control jitter and dropped commands of the ROS 2 graph",
+        description="Launch the sim graph in real time and measure, with a probe node: camera frame -> "
+        "forwarded safe command latency (e2e_p50_ms / e2e_p99_ms), control-period jitter (jitter_p99_ms) "
+        "and control steps without a fresh command (dropped_commands).",
+    )
+    br.add_argument("--duration", type=float, default=60.0, help="seconds of measurement (default: 60)")
+    br.add_argument("--real-time-factor", type=float, default=1.0, help="twin speed (default: 1)")
+    add_json(br)
+    br.set_defaults(func=cmd_bench_ros)
 
     de = sub.add_parser(
         "demo",

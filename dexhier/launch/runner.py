@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -133,13 +134,15 @@ def run(
     grace: float = GRACE_S,
     stop_on_failure: bool = False,
     log_dir: str | os.PathLike[str] | None = None,
+    stop_when: Callable[[], bool] | None = None,
 ) -> int:
     """Start ``nodes``, stream their output, and shut everything down; return the exit code.
 
-    Returns when every node has exited, after ``stop_after`` seconds, on SIGINT/SIGTERM, or when a
-    node with ``on_exit="shutdown"`` exits. All executables are resolved before anything starts.
+    Returns when every node has exited, after ``stop_after`` seconds, on SIGINT/SIGTERM, when a
+    node with ``on_exit="shutdown"`` exits, or when ``stop_when()`` (polled) returns True. All
+    executables are resolved before anything starts.
     """
-    return _Runner(nodes, grace, stop_on_failure, log_dir).run(stop_after)
+    return _Runner(nodes, grace, stop_on_failure, log_dir).run(stop_after, stop_when)
 
 
 class _Runner:
@@ -262,7 +265,7 @@ class _Runner:
                 active = active or child.respawn_at is not None
         return active
 
-    def run(self, stop_after: float | None) -> int:
+    def run(self, stop_after: float | None, stop_when: Callable[[], bool] | None = None) -> int:
         in_main = threading.current_thread() is threading.main_thread()
         previous: dict[signal.Signals, object] = {}
         if in_main:
@@ -278,6 +281,9 @@ class _Runner:
                     break
                 if deadline is not None and time.monotonic() >= deadline:
                     self._request_stop(f"stop after {stop_after:g} s")
+                    break
+                if stop_when is not None and stop_when():
+                    self._request_stop("the caller asked to stop")
                     break
                 time.sleep(_POLL_S)
         finally:

@@ -1,10 +1,37 @@
-"""ament_python package of the dexhier ROS 2 nodes (colcon-buildable; also pip-installable)."""
+"""ament_python package of the dexhier ROS 2 nodes (colcon-buildable; also pip-installable).
 
-from glob import glob
+``colcon build`` installs the nodes as ``<install>/dexhier_ros/lib/dexhier_ros/<node>`` (setup.cfg's
+script directory, where ``ros2 run`` and ``ros2 launch`` look them up), registers the package in the
+ament index and installs package.xml and the launch files to ``<install>/dexhier_ros/share/dexhier_ros``.
+"""
+
+import os
+import sys
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
 PACKAGE = "dexhier_ros"
+HERE = Path(__file__).resolve().parent
+
+
+def launch_files() -> list[str]:
+    """The repository's launch files and their parameter YAML (``<repo>/launch``).
+
+    They live outside this package (``dexhier launch`` runs them from the repository too). The
+    directory is found from this file's real location (symlinks resolved), not by globbing
+    ``../../../launch`` from whatever the working directory is, which silently installed nothing
+    when the build ran elsewhere or the package was symlinked into another workspace. The paths
+    are relative to this directory, as setuptools and colcon require (colcon rejects absolute
+    ones). Outside the repository there is nothing to install, which is said on stderr.
+    """
+    launch_dir = HERE.parents[2] / "launch"
+    files = sorted(p for pattern in ("*.launch.xml", "*.yaml") for p in launch_dir.glob(pattern))
+    if not files:
+        print(f"{PACKAGE}: no launch files in {launch_dir}: installing the nodes without them",
+              file=sys.stderr)
+    return [os.path.relpath(p, HERE) for p in files]
+
 
 setup(
     name=PACKAGE,
@@ -13,7 +40,7 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
-        (f"share/{PACKAGE}/launch", glob("../../../launch/*.xml") + glob("../../../launch/*.yaml")),
+        (f"share/{PACKAGE}/launch", launch_files()),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

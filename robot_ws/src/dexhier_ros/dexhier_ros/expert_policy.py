@@ -3,7 +3,7 @@
 It keeps a *mirror* of the twin: a local ``TwinEnv`` reset with the episode's seed (so it has the
 same model), whose state is overwritten every tick from the twin's debug topic
 ``/dexhier/sim/state``. The expert reads ground truth from that mirror, exactly as in
-``dexhier eval rollout --policy expert``, and publishes joint trajectories on
+``dexhier eval rollout --policy expert``, and, once per twin state, publishes joint trajectories on
 ``/dexhier/command/arm`` and ``/dexhier/command/hand`` for the safety supervisor. A learned
 policy node has the same outputs but reads only cameras and joint states.
 """
@@ -39,19 +39,22 @@ class ExpertPolicyNode(Node):
         self.create_subscription(String, "/dexhier/sim/episode", self._on_episode, QoSProfile(depth=10))
         self.create_subscription(Float64MultiArray, "/dexhier/sim/state", self._on_state, reliable)
         self.seed: int | None = None
+        self.episode = 0
         self.state_time = -1.0
         self.acted_time = -1.0
-        self.create_timer(self.dt, self._tick)  # sim time (use_sim_time): one action per control period
 
     def _on_episode(self, msg: String) -> None:
         try:
             doc = json.loads(msg.data)
-            seed, done, instruction = int(doc["seed"]), bool(doc["done"]), str(doc["instruction"])
+            episode, seed = int(doc["episode"]), int(doc["seed"])
+            done, instruction = bool(doc["done"]), str(doc["instruction"])
         except (ValueError, TypeError, KeyError) as err:
             self.get_logger().warning(f"ignored malformed /dexhier/sim/episode message: {err}")
             return
-        if seed != self.seed and not done:
-            self.seed = seed
+        if episode == 0:  # the idle start-up scene: nothing to do until an episode starts
+            self.seed = None
+        elif episode != self.episode and not done:
+            self.episode, self.seed = episode, seed
             self.mirror.reset(self.seed)
             self.expert.reset()
             self.state_time = self.acted_time = -1.0
@@ -72,8 +75,10 @@ class ExpertPolicyNode(Node):
         d.qvel[:] = data[1 + m.nq :]
         mujoco.mj_forward(m, d)
         self.state_time = float(data[0])
+        self._act()
 
-    def _tick(self) -> None:
+    def _act(self) -> None:
+        """One action per fresh twin state, right when it arrives (no timer phase lag)."""
         if self.seed is None or self.state_time < 0 or self.state_time <= self.acted_time:
             return  # no fresh state: send nothing, the safety supervisor holds on staleness
         action = self.expert.select_action(None)

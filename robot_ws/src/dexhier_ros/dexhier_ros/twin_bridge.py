@@ -10,7 +10,8 @@ before the first reset uses ``seed`` too, idle), ``/dexhier/sim/pause`` (SetBool
 
 Debug outputs for the privileged expert and the coordinator (never for learned policies):
 ``/dexhier/sim/state`` (Float64MultiArray: time, qpos, qvel) and ``/dexhier/sim/episode``
-(String, JSON: seed, task, instruction, episode time, clock, success, done); the state
+(String, JSON: episode number (0 = the idle start-up scene), seed, task, instruction, episode
+time, clock, success, done); the state
 message starts with the episode time (s since reset), the clock keeps running across resets.
 """
 
@@ -182,7 +183,8 @@ class TwinBridge(Node):
     def _publish_episode(self) -> None:
         inst = self.env.instance
         doc = {
-            "seed": self.current_seed, "task": inst.task, "instruction": inst.instruction,
+            "episode": self.started, "seed": self.current_seed, "task": inst.task,
+            "instruction": inst.instruction,
             "time": float(self.env.data.time), "clock": self._now(), "steps": self.steps,
             "success": self.success, "done": self.done, "object_width": inst.object.width,
         }  # fmt: skip

@@ -1,0 +1,146 @@
+"""``dexhier bench ros``: latency, control-period jitter and dropped commands of the ROS 2 graph.
+
+Launches ``launch/sim.launch.xml`` (real time, episodes back to back) and listens with a probe node
+in a thread of this process. Per twin control step k the bridge publishes the camera frame and
+the state the policy acts on at the same instant; the policy's command for step k goes through the
+safety supervisor to the controller topic. Measured at the probe, on the wall clock:
+
+* ``e2e``: arrival of the forwarded (safe) command minus arrival of the camera frame of the step
+  it answers (the first forwarded command after that frame);
+* ``jitter``: |interval between consecutive forwarded commands − control period|;
+* ``dropped_commands``: control steps after which no forwarded command arrived before the next
+  step's state (the twin then held the previous target).
+
+The headline keys are for steady control: samples within ``RESET_WINDOW_S`` of an episode
+message (episode end and reset, when the twin and the policy rebuild their models) are left out;
+the ``*_all`` keys keep them.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dexhier.ros_demo import SIM_LAUNCH, isolate_dds
+
+RESET_WINDOW_S = 1.0
+
+
+class _Probe(threading.Thread):
+    def __init__(self, duration: float) -> None:
+        super().__init__(daemon=True)
+        self.duration = duration
+        self.frames: list[float] = []  # wall arrival of camera frames
+        self.states: list[float] = []  # wall arrival of twin states
+        self.forwarded: list[float] = []  # wall arrival of forwarded arm commands
+        self.resets: list[float] = []
+        self.done = threading.Event()
+        self.error: str | None = None
+
+    def run(self) -> None:
+        import rclpy
+        from rclpy.node import Node
+        from rclpy.qos import QoSProfile, qos_profile_sensor_data
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Float64MultiArray, String
+        from trajectory_msgs.msg import JointTrajectory
+
+        context = rclpy.Context()
+        rclpy.init(context=context)
+        node = Node("ros_bench_probe", context=context)
+        now = time.monotonic
+        q = QoSProfile(depth=100)
+        node.create_subscription(Image, "/camera/color/image_raw", lambda m: self.frames.append(now()),
+                                 qos_profile_sensor_data)  # fmt: skip
+        node.create_subscription(Float64MultiArray, "/dexhier/sim/state",
+                                 lambda m: self.states.append(now()), q)  # fmt: skip
+        node.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory",
+                                 lambda m: self.forwarded.append(now()), q)  # fmt: skip
+        node.create_subscription(String, "/dexhier/sim/episode", lambda m: self.resets.append(now()), q)
+        executor = rclpy.executors.SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        try:
+            deadline = now() + 60.0
+            while not self.states and now() < deadline:
+                executor.spin_once(timeout_sec=0.05)
+            if not self.states:
+                self.error = "no twin state within 60 s"
+                return
+            for k in (self.frames, self.states, self.forwarded, self.resets):
+                k.clear()
+            end = now() + self.duration
+            while now() < end:
+                executor.spin_once(timeout_sec=0.01)
+        finally:
+            node.destroy_node()
+            rclpy.shutdown(context=context)
+            self.done.set()
+
+
+def bench_ros(duration: float = 60.0, real_time_factor: float = 1.0) -> dict[str, Any]:
+    """Run the graph for ``duration`` s of measurement; returns the figures (ms, counts)."""
+    from dexhier.launch.runner import run
+    from dexhier.launch.xml_format import parse_launch_file
+
+    isolate_dds()
+    results = Path(tempfile.mkdtemp(prefix="dexhier_bench_ros_")) / "episodes.jsonl"
+    args = {"episodes": "100000", "real_time_factor": str(real_time_factor), "results_path": str(results)}
+    probe = _Probe(duration)
+    probe.start()
+    code = run(parse_launch_file(SIM_LAUNCH, args), stop_after=duration + 25.0, stop_when=probe.done.is_set)
+    probe.join(timeout=10)
+    if probe.error:
+        raise RuntimeError(f"bench ros: {probe.error} (launch exit code {code})")
+    period = 1.0 / (20.0 * real_time_factor)
+    frames, states, fwd, resets = (
+        np.array(v) for v in (probe.frames, probe.states, probe.forwarded, probe.resets)
+    )
+
+    def steady(t: np.ndarray) -> np.ndarray:
+        if len(resets) == 0:
+            return np.ones(len(t), bool)
+        return np.min(np.abs(t[:, None] - resets[None, :]), axis=1) > RESET_WINDOW_S
+
+    e2e, e2e_t = [], []
+    for t in frames:
+        later = fwd[fwd > t]
+        if len(later) and later[0] - t < 10 * period:
+            e2e.append(1000 * (later[0] - t))
+            e2e_t.append(t)
+    e2e_a, e2e_t = np.array(e2e), np.array(e2e_t)
+    jitter = 1000 * np.abs(np.diff(fwd) - period)
+    dropped_at = [
+        a for a, b in zip(states[:-1], states[1:], strict=True) if not np.any((fwd > a) & (fwd <= b))
+    ]
+    dropped_at = np.array(dropped_at)
+
+    def q(values: np.ndarray, p: float) -> float:
+        return float(np.quantile(values, p)) if len(values) else float("nan")
+
+    e2e_steady, jit_steady = e2e_a[steady(e2e_t)], jitter[steady(fwd[:-1])] if len(fwd) > 1 else jitter
+    return {
+        "duration_s": duration,
+        "real_time_factor": real_time_factor,
+        "control_steps": int(len(states)),
+        "camera_frames": int(len(frames)),
+        "forwarded_commands": int(len(fwd)),
+        "e2e_p50_ms": q(e2e_steady, 0.5),
+        "e2e_p99_ms": q(e2e_steady, 0.99),
+        "jitter_p50_ms": q(jit_steady, 0.5),
+        "jitter_p99_ms": q(jit_steady, 0.99),
+        "dropped_commands": int(np.sum(steady(dropped_at))) if len(dropped_at) else 0,
+        "e2e_p99_ms_all": q(e2e_a, 0.99),
+        "jitter_p99_ms_all": q(jitter, 0.99),
+        "dropped_commands_all": int(len(dropped_at)),
+        "episode_messages": int(len(resets)),
+        "launch_exit_code": code,
+        "period_ms": 1000 * period,
+        "note": "latency from the camera frame of a step to its forwarded command; the policy is the expert",
+        "median_forward_interval_ms": float(1000 * statistics.median(np.diff(fwd))) if len(fwd) > 1 else None,
+    }
