@@ -54,6 +54,7 @@ setup(
             f"expert_policy = {PACKAGE}.expert_policy:main",
             f"safety_supervisor = {PACKAGE}.safety_supervisor:main",
             f"episode_coordinator = {PACKAGE}.episode_coordinator:main",
+            f"perception = {PACKAGE}.perception_node:main",
         ],
     },
 )

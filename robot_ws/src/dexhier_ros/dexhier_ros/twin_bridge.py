@@ -2,8 +2,10 @@
 
 Publishes what a real cell's drivers publish: ``/clock`` (the twin is the clock; every node runs
 with ``use_sim_time``), ``/joint_states``, the scene camera's colour / depth (32FC1, m) /
-camera_info and ``/camera/points``; takes joint-trajectory-controller commands on
-``/arm_controller/joint_trajectory`` and ``/hand_controller/joint_trajectory``, validated and
+camera_info, and ``/camera/points`` from the ``points_camera`` (the wrist camera at 320x240 by
+default, with a ``label`` field from the twin's segmentation); takes joint-trajectory-controller
+commands on ``/arm_controller/joint_trajectory`` and ``/hand_controller/joint_trajectory``,
+validated and
 interpolated like ros2_control's JTC (invalid trajectories are rejected with one log line).
 Services: ``/dexhier/sim/reset`` (starts episode k with seed ``seed + k``; the start-up scene
 before the first reset uses ``seed`` too, idle), ``/dexhier/sim/pause`` (SetBool).
@@ -33,8 +35,9 @@ from dexhier import vocabulary as V
 from dexhier_ros import messages as M
 from dexhier_ros.runtime import parameter, run_node
 from perception.pointcloud2 import to_pointcloud2
-from sim.camera import camera_intrinsics
-from sim.cell import SCENE_CAMERA
+from sim.camera import camera_intrinsics, camera_pose, depth_to_points
+from sim.cell import SCENE_CAMERA, segmentation_table
+from sim.rendering import CameraRenderer
 from sim.twin import TwinConfig, TwinEnv
 
 
@@ -87,8 +90,13 @@ class TwinBridge(Node):
         self.video = None
         size = (parameter(self, "image_width", 64), parameter(self, "image_height", 64))
         self.env = TwinEnv(
-            TwinConfig(task=self.task, image_width=size[0], image_height=size[1], cameras=(SCENE_CAMERA,))
-        )
+            TwinConfig(task=self.task, image_width=size[0], image_height=size[1], cameras=(SCENE_CAMERA,),
+                       points=False)
+        )  # fmt: skip
+        # The cloud comes from its own depth camera and size (perception wants a close, dense view).
+        self.points_camera = parameter(self, "points_camera", "wrist")
+        self.points_size = (parameter(self, "points_width", 320), parameter(self, "points_height", 240))
+        self.points_renderer = None
         self.dt = 1.0 / self.env.config.control_hz
         self.intr = camera_intrinsics(self.env.model, SCENE_CAMERA, *size)
         self.names = self.env.action_spec.names
@@ -210,8 +218,27 @@ class TwinBridge(Node):
             self._publish_episode()
         self._publish(camera=self.steps % self.camera_every == 0)
 
+    def _cloud(self) -> tuple[np.ndarray, np.ndarray]:
+        """Points (N, 3) in base_link and segmentation labels (N,) int32 from ``points_camera``."""
+        env, cam = self.env, self.points_camera
+        if self.points_renderer is None or self.points_renderer_model is not env.model:
+            if self.points_renderer is not None:
+                self.points_renderer.close()
+            self.points_renderer = CameraRenderer(env.model, *self.points_size)
+            self.points_renderer_model = env.model
+            self.points_intr = camera_intrinsics(env.model, cam, *self.points_size)
+        r = self.points_renderer
+        ids = r.geom_ids(env.data, cam)
+        seg = segmentation_table(env.model)
+        labels = np.where(ids >= 0, seg[np.maximum(ids, 0)], V.SEG_LABELS["background"]).astype(np.int32)
+        rot, trans = camera_pose(env.data, cam)
+        points, labels = depth_to_points(r.depth(env.data, cam), self.points_intr, rot, trans, labels)
+        return points, labels
+
     def close(self) -> None:
         self._close_video()
+        if self.points_renderer is not None:
+            self.points_renderer.close()
         self.env.close()
 
     def _publish(self, camera: bool) -> None:
@@ -230,8 +257,8 @@ class TwinBridge(Node):
             self.pub_rgb.publish(M.image(self.obs[V.rgb_key(SCENE_CAMERA)], now, frame))
             self.pub_depth.publish(M.image(self.obs[V.depth_key(SCENE_CAMERA)], now, frame))
             self.pub_info.publish(M.camera_info(self.intr, now, frame))
-            cloud = to_pointcloud2(self.obs[V.OBS_POINTS], self.obs[V.OBS_POINTS_LABEL].astype(np.int32),
-                                   msg_cls=PointCloud2, field_cls=PointField)  # fmt: skip
+            points, labels = self._cloud()
+            cloud = to_pointcloud2(points, labels, msg_cls=PointCloud2, field_cls=PointField)
             cloud.header.stamp, cloud.header.frame_id = M.to_time(now), V.FRAME_BASE
             self.pub_points.publish(cloud)
 

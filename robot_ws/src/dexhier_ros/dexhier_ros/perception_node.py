@@ -1,0 +1,74 @@
+"""The perception node (``perception``): point cloud → tool state, with the affordance encoder.
+
+Subscribes ``/camera/points`` (PointCloud2, sensor-data QoS; a ``label`` field, when present, splits
+tool and object) and ``/joint_states`` (the tool-mount pose follows by forward kinematics).
+Publishes ``/dexhier/tool_state`` (JointState: ``tip_gap`` m, ``opening_angle`` rad, with the
+affordance fields ``max_gap``, ``approach_opening``, ``contact_opening`` m and ``graspable``
+probability when an object is seen) and ``/dexhier/tool_latent`` (Float32MultiArray, the 64-D
+tool-state embedding). Unusable clouds (empty, NaN, too few tool points) publish nothing and log
+their reason, at most once a second.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from sensor_msgs.msg import JointState, PointCloud2
+from std_msgs.msg import Float32MultiArray
+
+from dexhier_ros import messages as M
+from dexhier_ros.runtime import parameter, run_node
+from perception.encoder import AffordanceEncoder
+from perception.pointcloud2 import pointcloud2_to_points
+from sim.kinematics import ToolMountKinematics
+
+
+class PerceptionNode(Node):
+    def __init__(self) -> None:
+        super().__init__("perception")
+        checkpoint = parameter(self, "checkpoint", "checkpoints/affordance")
+        self.encoder = AffordanceEncoder.load(checkpoint)
+        self.kinematics = ToolMountKinematics()
+        self.joint_names: list[str] | None = None
+        self.joint_positions: np.ndarray | None = None
+        reliable = QoSProfile(depth=10)
+        self.pub_state = self.create_publisher(JointState, "/dexhier/tool_state", reliable)
+        self.pub_latent = self.create_publisher(Float32MultiArray, "/dexhier/tool_latent", reliable)
+        self.create_subscription(JointState, "/joint_states", self._on_joints, reliable)
+        self.create_subscription(PointCloud2, "/camera/points", self._on_cloud, qos_profile_sensor_data)
+        self.get_logger().info(f"affordance encoder loaded from {checkpoint}")
+
+    def _on_joints(self, msg: JointState) -> None:
+        if len(msg.position) == len(msg.name):
+            self.joint_names, self.joint_positions = list(msg.name), np.asarray(msg.position, float)
+
+    def _reject(self, reason: str) -> None:
+        self.get_logger().warning(f"no tool state: {reason}", throttle_duration_sec=1.0)
+
+    def _on_cloud(self, msg: PointCloud2) -> None:
+        if self.joint_names is None:
+            return self._reject("no joint_states yet (the tool pose comes from them)")
+        try:
+            points, labels = pointcloud2_to_points(msg)
+            pose = self.kinematics.pose(self.joint_names, self.joint_positions)
+        except ValueError as err:
+            return self._reject(str(err))
+        est = self.encoder.encode(points, labels, pose)
+        if not est.valid:
+            return self._reject(est.reason)
+        stamp = M.from_time(msg.header.stamp)
+        names, values = ["tip_gap", "opening_angle"], [est.tip_gap, est.opening_angle]
+        if est.object_valid:
+            names += ["max_gap", "approach_opening", "contact_opening", "graspable"]
+            values += [est.max_gap, est.approach_opening, est.contact_opening, est.graspable_prob]
+        self.pub_state.publish(M.joint_state(names, np.array(values), np.zeros(len(values)), stamp))
+        self.pub_latent.publish(Float32MultiArray(data=[float(v) for v in est.latent]))
+
+
+def main(args: list[str] | None = None) -> None:
+    run_node(PerceptionNode, args)
+
+
+if __name__ == "__main__":
+    main()
