@@ -243,7 +243,7 @@ def cmd_bench_ros(args: argparse.Namespace) -> int:
 
     print(f"bench ros: the sim graph for {args.duration:g} s at real-time factor {args.real_time_factor:g}",
           file=sys.stderr)  # fmt: skip
-    result = bench_ros(args.duration, args.real_time_factor)
+    result = bench_ros(args.duration, args.real_time_factor, perception=not args.no_perception)
     for key, value in result.items():
         print(f"{key:28s} {value:.3f}" if isinstance(value, float) else f"{key:28s} {value}")
     _emit(args, result)
@@ -422,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     br.add_argument("--duration", type=float, default=60.0, help="seconds of measurement (default: 60)")
     br.add_argument("--real-time-factor", type=float, default=1.0, help="twin speed (default: 1)")
+    br.add_argument("--no-perception", action="store_true", help="leave the perception node out")
     add_json(br)
     br.set_defaults(func=cmd_bench_ros)
 

@@ -83,14 +83,17 @@ class _Probe(threading.Thread):
             self.done.set()
 
 
-def bench_ros(duration: float = 60.0, real_time_factor: float = 1.0) -> dict[str, Any]:
+def bench_ros(
+    duration: float = 60.0, real_time_factor: float = 1.0, perception: bool = True
+) -> dict[str, Any]:
     """Run the graph for ``duration`` s of measurement; returns the figures (ms, counts)."""
     from dexhier.launch.runner import run
     from dexhier.launch.xml_format import parse_launch_file
 
     isolate_dds()
     results = Path(tempfile.mkdtemp(prefix="dexhier_bench_ros_")) / "episodes.jsonl"
-    args = {"episodes": "100000", "real_time_factor": str(real_time_factor), "results_path": str(results)}
+    args = {"episodes": "100000", "real_time_factor": str(real_time_factor), "results_path": str(results),
+            "perception": "true" if perception else "false"}  # fmt: skip
     probe = _Probe(duration)
     probe.start()
     code = run(parse_launch_file(SIM_LAUNCH, args), stop_after=duration + 25.0, stop_when=probe.done.is_set)
@@ -127,6 +130,7 @@ def bench_ros(duration: float = 60.0, real_time_factor: float = 1.0) -> dict[str
     return {
         "duration_s": duration,
         "real_time_factor": real_time_factor,
+        "perception_node": perception,
         "control_steps": int(len(states)),
         "camera_frames": int(len(frames)),
         "forwarded_commands": int(len(fwd)),

@@ -91,8 +91,11 @@ class TwinBridge(Node):
         size = (parameter(self, "image_width", 64), parameter(self, "image_height", 64))
         self.env = TwinEnv(
             TwinConfig(task=self.task, image_width=size[0], image_height=size[1], cameras=(SCENE_CAMERA,),
-                       points=False)
+                       render=False, points=False)
         )  # fmt: skip
+        # Camera frames are rendered only on the steps that publish them (every camera_every steps).
+        self.image_size = size
+        self.image_renderer = None
         # The cloud comes from its own depth camera and size (perception wants a close, dense view).
         self.points_camera = parameter(self, "points_camera", "wrist")
         self.points_size = (parameter(self, "points_width", 320), parameter(self, "points_height", 240))
@@ -218,6 +221,17 @@ class TwinBridge(Node):
             self._publish_episode()
         self._publish(camera=self.steps % self.camera_every == 0)
 
+    def _images(self) -> tuple[np.ndarray, np.ndarray]:
+        """Scene camera colour (H, W, 3) uint8 and depth (H, W) float32 m at ``image_width/height``."""
+        env = self.env
+        if self.image_renderer is None or self.image_renderer_model is not env.model:
+            if self.image_renderer is not None:
+                self.image_renderer.close()
+            self.image_renderer = CameraRenderer(env.model, *self.image_size)
+            self.image_renderer_model = env.model
+        r = self.image_renderer
+        return r.rgb(env.data, SCENE_CAMERA), r.depth(env.data, SCENE_CAMERA)
+
     def _cloud(self) -> tuple[np.ndarray, np.ndarray]:
         """Points (N, 3) in base_link and segmentation labels (N,) int32 from ``points_camera``."""
         env, cam = self.env, self.points_camera
@@ -237,8 +251,9 @@ class TwinBridge(Node):
 
     def close(self) -> None:
         self._close_video()
-        if self.points_renderer is not None:
-            self.points_renderer.close()
+        for renderer in (self.points_renderer, self.image_renderer):
+            if renderer is not None:
+                renderer.close()
         self.env.close()
 
     def _publish(self, camera: bool) -> None:
@@ -246,21 +261,22 @@ class TwinBridge(Node):
         clock = Clock()
         clock.clock = M.to_time(now)
         self.pub_clock.publish(clock)
+        if camera:  # sensors of this instant first, then the state the policy acts on
+            frame = V.FRAME_SCENE_CAMERA
+            rgb, depth = self._images()
+            self.pub_rgb.publish(M.image(rgb, now, frame))
+            self.pub_depth.publish(M.image(depth, now, frame))
+            self.pub_info.publish(M.camera_info(self.intr, now, frame))
+            points, labels = self._cloud()
+            cloud = to_pointcloud2(points, labels, msg_cls=PointCloud2, field_cls=PointField)
+            cloud.header.stamp, cloud.header.frame_id = M.to_time(now), V.FRAME_BASE
+            self.pub_points.publish(cloud)
         pos = np.concatenate([self.obs[V.OBS_ARM_QPOS], self.obs[V.OBS_HAND_QPOS]])
         vel = np.concatenate([self.obs[V.OBS_ARM_QVEL], self.obs[V.OBS_HAND_QVEL]])
         self.pub_js.publish(M.joint_state(self.names, pos, vel, now))
         state = Float64MultiArray()
         state.data = [float(d.time), *d.qpos.tolist(), *d.qvel.tolist()]  # episode time, qpos, qvel
         self.pub_state.publish(state)
-        if camera:
-            frame = V.FRAME_SCENE_CAMERA
-            self.pub_rgb.publish(M.image(self.obs[V.rgb_key(SCENE_CAMERA)], now, frame))
-            self.pub_depth.publish(M.image(self.obs[V.depth_key(SCENE_CAMERA)], now, frame))
-            self.pub_info.publish(M.camera_info(self.intr, now, frame))
-            points, labels = self._cloud()
-            cloud = to_pointcloud2(points, labels, msg_cls=PointCloud2, field_cls=PointField)
-            cloud.header.stamp, cloud.header.frame_id = M.to_time(now), V.FRAME_BASE
-            self.pub_points.publish(cloud)
 
 
 def main(args: list[str] | None = None) -> None:
