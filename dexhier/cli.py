@@ -437,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--task", choices=tasks, default="tweezer_pick", help="task (default: %(default)s)")
     de.add_argument("--episodes", type=_positive, default=5, help="number of episodes (default: 5)")
     de.add_argument("--seed", type=int, default=0, help="seed of episode 0 (default: 0)")
-    de.add_argument("--real-time-factor", type=float, default=2.0, help="twin speed vs wall (default: 2)")
+    de.add_argument("--real-time-factor", type=float, default=1.0, help="twin speed vs wall (default: 1)")
     de.add_argument("--videos", type=int, default=1, help="episodes to record as MP4 (default: 1)")
     de.add_argument("--direct", action="store_true", help="run in-process without ROS")
     de.add_argument("--workers", type=_positive, default=2, help="with --direct: processes (default: 2)")

@@ -141,6 +141,7 @@ def train(
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
     log(f"data: {cfg.n_train} train + {cfg.n_val} validation synthetic clouds (cached in {out / 'data'})")
+
     def progress(what: str, total: int) -> Callable[[int], None]:
         marks = {round(total * f / 10) for f in range(1, 11)}
 

@@ -92,7 +92,7 @@ def ament_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def lines_of(text: str, label: str, key: str) -> list[str]:
     prefix = f"[{label}] {key} "
-    return [line[len(prefix):] for line in text.splitlines() if line.startswith(prefix)]
+    return [line[len(prefix) :] for line in text.splitlines() if line.startswith(prefix)]
 
 
 def gone(pid: int, timeout: float = 3.0) -> bool:
@@ -133,7 +133,9 @@ def test_arg_choices(tmp_path):
 
 
 def test_let_shadowing_is_scoped_by_group(tmp_path):
-    nodes = launch(tmp_path, """
+    nodes = launch(
+        tmp_path,
+        """
     <let name="who" value="outer"/>
     <group>
       <let name="who" value="inner"/>
@@ -144,23 +146,29 @@ def test_let_shadowing_is_scoped_by_group(tmp_path):
       <let name="who" value="leaked"/>
     </group>
     <node pkg="p" exec="e" name="$(var who)"/>
-    """)
+    """,
+    )
     assert [n.name for n in nodes] == ["inner", "outer", "leaked"]
 
 
 def test_arg_keeps_a_value_set_by_let_before_it(tmp_path):
     """DeclareLaunchArgument only applies its default when the configuration is not set yet."""
-    nodes = launch(tmp_path, """
+    nodes = launch(
+        tmp_path,
+        """
     <let name="x" value="from_let"/>
     <arg name="x" default="from_default"/>
     <node pkg="p" exec="e" name="$(var x)"/>
-    """)
+    """,
+    )
     assert one(nodes).name == "from_let"
 
 
 # ------------------------------------------------------------------------------ namespaces
 def test_nested_groups_push_namespaces(tmp_path):
-    nodes = launch(tmp_path, """
+    nodes = launch(
+        tmp_path,
+        """
     <node pkg="p" exec="e" name="top"/>
     <group>
       <push_ros_namespace namespace="robot"/>
@@ -179,10 +187,19 @@ def test_nested_groups_push_namespaces(tmp_path):
       <push_ros_namespace namespace="/y"/>
       <node pkg="p" exec="e" name="g"/>
     </group>
-    """)
+    """,
+    )
     got = {n.name: n.namespace for n in nodes}
-    assert got == {"top": None, "a": "/robot", "b": "/robot/arm", "c": "/robot/arm/driver", "d": "/abs",
-                   "e": "/robot/cam", "f": "/solo", "g": "/y"}
+    assert got == {
+        "top": None,
+        "a": "/robot",
+        "b": "/robot/arm",
+        "c": "/robot/arm/driver",
+        "d": "/abs",
+        "e": "/robot/cam",
+        "f": "/solo",
+        "g": "/y",
+    }
     assert nodes[0].ros_arguments() == ["--ros-args", "-r", "__node:=top"]
     assert nodes[3].full_name == "/robot/arm/driver/c"
 
@@ -199,7 +216,9 @@ def test_include_with_args_dirname_and_unscoped_configurations(tmp_path):
     sub = tmp_path / "sub"
     sub.mkdir()
     write(sub / "params.yaml", "/**:\n  ros__parameters:\n    gain: 2.0\n")
-    write(sub / "child.launch.xml", """
+    write(
+        sub / "child.launch.xml",
+        """
     <launch>
       <arg name="who"/>
       <arg name="rate" default="5"/>
@@ -209,8 +228,11 @@ def test_include_with_args_dirname_and_unscoped_configurations(tmp_path):
         <param name="rate" value="$(var rate)"/>
       </node>
     </launch>
-    """)
-    nodes = launch(tmp_path, f"""
+    """,
+    )
+    nodes = launch(
+        tmp_path,
+        f"""
     <arg name="robot" default="ur5e"/>
     <group>
       <push_ros_namespace namespace="left"/>
@@ -224,12 +246,22 @@ def test_include_with_args_dirname_and_unscoped_configurations(tmp_path):
       <arg name="who" value="again"/>
     </include>
     <node pkg="p" exec="e" name="after" args="$(var who) $(var from_child)"/>
-    """)
+    """,
+    )
     first, between, second, after = nodes
     assert (first.name, first.namespace) == ("ur5e_driver", "/left")
     assert first.params == [sub / "params.yaml", {"rate": 50}]
-    assert first.ros_arguments() == ["--ros-args", "-r", "__node:=ur5e_driver", "-r", "__ns:=/left",
-                                     "--params-file", str(sub / "params.yaml"), "-p", "rate:=50"]
+    assert first.ros_arguments() == [
+        "--ros-args",
+        "-r",
+        "__node:=ur5e_driver",
+        "-r",
+        "__ns:=/left",
+        "--params-file",
+        str(sub / "params.yaml"),
+        "-p",
+        "rate:=50",
+    ]
     assert between.arguments == ["unset", "unset"]  # the <group> contained the include
     assert second.params == [sub / "params.yaml", {"rate": 5}]
     # include arguments and the child's lets stay set after an <include> (ROS 2 does not scope it)
@@ -247,15 +279,21 @@ def test_include_missing_required_arg_names_the_arg(tmp_path):
 
 
 # ------------------------------------------------------------------------------ conditions
-@pytest.mark.parametrize(("value", "started"), [("true", True), ("1", True), ("True", True), ("false", False),
-                                                ("0", False), (" FALSE ", False)])
+@pytest.mark.parametrize(
+    ("value", "started"),
+    [("true", True), ("1", True), ("True", True), ("false", False), ("0", False), (" FALSE ", False)],
+)
 def test_if_and_unless(tmp_path, value, started):
-    nodes = launch(tmp_path, """
+    nodes = launch(
+        tmp_path,
+        """
     <arg name="on"/>
     <node pkg="p" exec="e" name="when" if="$(var on)"/>
     <node pkg="p" exec="e" name="otherwise" unless="$(var on)"/>
     <group if="$(var on)"><let name="x" value="1"/></group>
-    """, on=value)
+    """,
+        on=value,
+    )
     assert [n.name for n in nodes] == (["when"] if started else ["otherwise"])
 
 
@@ -265,18 +303,24 @@ def test_condition_values_other_than_true_false_1_0_are_errors(tmp_path):
 
 
 def test_if_and_unless_on_args_lets_includes(tmp_path):
-    nodes = launch(tmp_path, """
+    nodes = launch(
+        tmp_path,
+        """
     <arg name="a" default="1" if="false"/>
     <let name="b" value="from_let" unless="true"/>
     <include file="does/not/exist.launch.xml" if="false"/>
     <node pkg="p" exec="e" name="n" args="$(var a default_a) $(var b default_b)"/>
-    """)
+    """,
+    )
     assert one(nodes).arguments == ["default_a", "default_b"]
 
 
 # ------------------------------------------------------------------------------ parameters and command line
 def test_params_are_typed_with_yaml_rules(tmp_path):
-    node = one(launch(tmp_path, """
+    node = one(
+        launch(
+            tmp_path,
+            """
     <node pkg="p" exec="e">
       <param name="i" value="5"/>
       <param name="f" value="0.5"/>
@@ -288,15 +332,44 @@ def test_params_are_typed_with_yaml_rules(tmp_path):
       <param name="ints" value="[1, 2, 3]"/>
       <param name="strs" value="[a, b]"/>
     </node>
-    """))
-    assert node.params == [{"i": 5, "f": 0.5, "b": True, "s": "hello world", "quoted": "5", "sci": "1e3",
-                            "empty": "", "ints": [1, 2, 3], "strs": ["a", "b"]}]
+    """,
+        )
+    )
+    assert node.params == [
+        {
+            "i": 5,
+            "f": 0.5,
+            "b": True,
+            "s": "hello world",
+            "quoted": "5",
+            "sci": "1e3",
+            "empty": "",
+            "ints": [1, 2, 3],
+            "strs": ["a", "b"],
+        }
+    ]
     # Each rule is the YAML that launch_ros would write into its parameter file for the same value
     # (yaml.dump), so rcl reads the same type either way ("1e3" is a float for rcl in both).
     assert node.ros_arguments() == [
-        "--ros-args", "-p", "i:=5", "-p", "f:=0.5", "-p", "b:=true", "-p", "s:=hello world",
-        "-p", "quoted:='5'", "-p", "sci:=1e3", "-p", "empty:=''", "-p", "ints:=[1, 2, 3]",
-        "-p", "strs:=[a, b]",
+        "--ros-args",
+        "-p",
+        "i:=5",
+        "-p",
+        "f:=0.5",
+        "-p",
+        "b:=true",
+        "-p",
+        "s:=hello world",
+        "-p",
+        "quoted:='5'",
+        "-p",
+        "sci:=1e3",
+        "-p",
+        "empty:=''",
+        "-p",
+        "ints:=[1, 2, 3]",
+        "-p",
+        "strs:=[a, b]",
     ]
 
 
@@ -309,7 +382,10 @@ def test_param_values_that_are_not_parameters_are_errors(tmp_path):
 
 def test_full_command_line_matches_launch_ros_order(tmp_path):
     yaml_file = write(tmp_path / "node.yaml", "n:\n  ros__parameters:\n    a: 1\n")
-    node = one(launch(tmp_path, f"""
+    node = one(
+        launch(
+            tmp_path,
+            f"""
     <let name="topic" value="/camera/image"/>
     <node pkg="p" exec="e" name="n" namespace="ns" output="screen" respawn="true" respawn_delay="2"
           args="--flag 'two words' x=$(var topic)">
@@ -320,17 +396,39 @@ def test_full_command_line_matches_launch_ros_order(tmp_path):
       <remap from="~/out" to="/out"/>
       <env name="FAKE_LOCAL" value="2"/>
     </node>
-    """))
+    """,
+        )
+    )
     assert (node.package, node.executable, node.output, node.respawn, node.respawn_delay) == (
-        "p", "e", "screen", True, 2.0)
+        "p",
+        "e",
+        "screen",
+        True,
+        2.0,
+    )
     assert node.arguments == ["--flag", "two words", "x=/camera/image"]
     assert node.remaps == [("image", "/camera/image"), ("~/out", "/out")]
     assert node.env == {"FAKE_LOCAL": "2"}
     assert node.command(["/bin/e"]) == [
-        "/bin/e", "--flag", "two words", "x=/camera/image",
-        "--ros-args", "-r", "__node:=n", "-r", "__ns:=/ns",
-        "-p", "before:=1", "--params-file", str(yaml_file), "-p", "after:=x",
-        "-r", "image:=/camera/image", "-r", "~/out:=/out",
+        "/bin/e",
+        "--flag",
+        "two words",
+        "x=/camera/image",
+        "--ros-args",
+        "-r",
+        "__node:=n",
+        "-r",
+        "__ns:=/ns",
+        "-p",
+        "before:=1",
+        "--params-file",
+        str(yaml_file),
+        "-p",
+        "after:=x",
+        "-r",
+        "image:=/camera/image",
+        "-r",
+        "~/out:=/out",
     ]
 
 
@@ -340,11 +438,14 @@ def test_param_file_must_exist(tmp_path):
 
 
 def test_on_exit_shutdown_and_ros1_required(tmp_path, caplog):
-    nodes = launch(tmp_path, """
+    nodes = launch(
+        tmp_path,
+        """
     <node pkg="p" exec="e" name="a" on_exit="shutdown"/>
     <node pkg="p" exec="e" name="b" required="true"/>
     <node pkg="p" exec="e" name="c"/>
-    """)
+    """,
+    )
     assert [n.required for n in nodes] == [True, True, False]
     assert "required= is the ROS 1 spelling" in caplog.text
 
@@ -353,30 +454,49 @@ def test_on_exit_shutdown_and_ros1_required(tmp_path, caplog):
 def test_substitutions(tmp_path, monkeypatch, ament_prefix):
     monkeypatch.setenv("FAKE_HOME", "/home/robot")
     monkeypatch.delenv("FAKE_UNSET", raising=False)
-    node = one(launch(tmp_path, r"""
+    node = one(
+        launch(
+            tmp_path,
+            r"""
     <let name="which" value="target"/>
     <let name="target" value="nested"/>
     <node pkg="p" exec="e" args="$(env FAKE_HOME) $(env FAKE_UNSET fallback) $(env FAKE_UNSET 'a b')
                                $(var $(var which)) $(find-pkg-share fake_pkg)/cfg $(dirname) \$(var which)
                                $(var missing &quot;x y&quot;)"/>
-    """))
+    """,
+        )
+    )
     share = ament_prefix / "share" / "fake_pkg"
-    assert node.arguments == ["/home/robot", "fallback", "a b", "nested", f"{share}/cfg",
-                              str(tmp_path.resolve()), "$(var", "which)", "x y"]
+    assert node.arguments == [
+        "/home/robot",
+        "fallback",
+        "a b",
+        "nested",
+        f"{share}/cfg",
+        str(tmp_path.resolve()),
+        "$(var",
+        "which)",
+        "x y",
+    ]
 
 
 def test_set_env_is_scoped_and_seen_by_env_substitution(tmp_path, monkeypatch):
     monkeypatch.delenv("FAKE_GLOBAL", raising=False)
-    nodes = launch(tmp_path, """
+    nodes = launch(
+        tmp_path,
+        """
     <set_env name="FAKE_GLOBAL" value="1"/>
     <group>
       <set_env name="FAKE_GLOBAL" value="2"/>
       <node pkg="p" exec="e" name="inner" args="$(env FAKE_GLOBAL)"><env name="FAKE_LOCAL" value="x"/></node>
     </group>
     <node pkg="p" exec="e" name="outer" args="$(env FAKE_GLOBAL)"/>
-    """)
+    """,
+    )
     assert [(n.arguments, n.env) for n in nodes] == [
-        (["2"], {"FAKE_GLOBAL": "2", "FAKE_LOCAL": "x"}), (["1"], {"FAKE_GLOBAL": "1"})]
+        (["2"], {"FAKE_GLOBAL": "2", "FAKE_LOCAL": "x"}),
+        (["1"], {"FAKE_GLOBAL": "1"}),
+    ]
 
 
 def test_missing_env_var_and_unregistered_package(tmp_path, monkeypatch, ament_prefix):
@@ -393,17 +513,26 @@ def test_missing_env_var_and_unregistered_package(tmp_path, monkeypatch, ament_p
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ('<nodes pkg="p" exec="e"/>', r"test.launch.xml:2: unknown element <nodes> in <launch> \(valid: arg, "
-                                      r"group, include, let, node, push-ros-namespace, push_ros_namespace, "
-                                      r"set_env\)"),
-        ('<node pkg="p" exec="e"><parm name="a" value="1"/></node>',
-         r"unknown element <parm> in <node> \(valid: env, param, remap\)"),
-        ('<node pkg="p" exec="e" launch-prefix="gdb"/>',
-         r"test.launch.xml:2: <node>: unknown attribute 'launch-prefix' \(valid: args, exec, if, name, "),
+        (
+            '<nodes pkg="p" exec="e"/>',
+            r"test.launch.xml:2: unknown element <nodes> in <launch> \(valid: arg, "
+            r"group, include, let, node, push-ros-namespace, push_ros_namespace, "
+            r"set_env\)",
+        ),
+        (
+            '<node pkg="p" exec="e"><parm name="a" value="1"/></node>',
+            r"unknown element <parm> in <node> \(valid: env, param, remap\)",
+        ),
+        (
+            '<node pkg="p" exec="e" launch-prefix="gdb"/>',
+            r"test.launch.xml:2: <node>: unknown attribute 'launch-prefix' \(valid: args, exec, if, name, ",
+        ),
         ('<group ns="x"/>', r"<group>: unknown attribute 'ns' \(valid: if, scoped, unless\)"),
-        ('<node pkg="p" exec="e"><param name="a" value="$(eval 1 + 1)"/></node>',
-         r"test.launch.xml:2: <param> value=.*unknown substitution \$\(eval ...\) "
-         r"\(valid: dirname, env, find-pkg-share, var\)"),
+        (
+            '<node pkg="p" exec="e"><param name="a" value="$(eval 1 + 1)"/></node>',
+            r"test.launch.xml:2: <param> value=.*unknown substitution \$\(eval ...\) "
+            r"\(valid: dirname, env, find-pkg-share, var\)",
+        ),
         ('<let name="a" value="$(var)"/>', r"<let> value=.*\$\(var\) takes 1 or 2 argument\(s\), got 0"),
         ('<let name="a" value="$(var a"/>', r"<let> value=.*missing its closing"),
         ('<node pkg="p"/>', r"<node>: missing attribute 'exec'"),
@@ -461,12 +590,15 @@ def test_resolver_uses_the_ament_prefix_then_console_scripts(ament_prefix):
 
 
 def test_cli_print_shows_command_lines_and_starts_nothing(tmp_path, ament_prefix, capsys):
-    path = write(tmp_path / "p.launch.xml", f"""
+    path = write(
+        tmp_path / "p.launch.xml",
+        f"""
     <launch>
       <arg name="n" default="talker"/>
       <node pkg="{PKG}" exec="node" name="$(var n)" namespace="robot"><param name="a" value="1"/></node>
     </launch>
-    """)
+    """,
+    )
     assert launch_main([str(path), "n:=speaker", "--print"]) == 0
     out = capsys.readouterr().out
     assert f"{ament_prefix}/lib/{PKG}/node --ros-args -r __node:=speaker -r __ns:=/robot -p a:=1" in out
@@ -480,7 +612,9 @@ def test_run_prefixes_output_passes_command_line_and_env_and_stops_with_sigint(
     tmp_path, ament_prefix, capsys, monkeypatch
 ):
     monkeypatch.setenv("FAKE_FROM_RUNNER", "r")
-    nodes = launch(tmp_path, f"""
+    nodes = launch(
+        tmp_path,
+        f"""
     <set_env name="FAKE_GLOBAL" value="g"/>
     <node pkg="{PKG}" exec="node" name="talker" namespace="ns" output="screen" args="--hello">
       <param name="rate" value="10"/>
@@ -488,14 +622,25 @@ def test_run_prefixes_output_passes_command_line_and_env_and_stops_with_sigint(
       <env name="FAKE_LOCAL" value="l"/>
     </node>
     <node pkg="{PKG}" exec="node" name="quiet"/>
-    """)
+    """,
+    )
     start = time.monotonic()
     assert run(nodes, stop_after=1.5, grace=2.0) == 0
     assert time.monotonic() - start < 4.0
     out, err = capsys.readouterr()
     argv = json.loads(lines_of(out, "talker", "ARGV")[0])
-    assert argv == ["--hello", "--ros-args", "-r", "__node:=talker", "-r", "__ns:=/ns", "-p", "rate:=10",
-                    "-r", "chatter:=/chat"]
+    assert argv == [
+        "--hello",
+        "--ros-args",
+        "-r",
+        "__node:=talker",
+        "-r",
+        "__ns:=/ns",
+        "-p",
+        "rate:=10",
+        "-r",
+        "chatter:=/chat",
+    ]
     env = json.loads(lines_of(out, "talker", "ENV")[0])
     assert env == {"FAKE_FROM_RUNNER": "r", "FAKE_GLOBAL": "g", "FAKE_LOCAL": "l"}
     assert "[talker] READY" in out and "[talker] got SIGINT" in out  # a clean SIGINT shutdown
@@ -509,9 +654,12 @@ def test_run_prefixes_output_passes_command_line_and_env_and_stops_with_sigint(
 
 
 def test_stubborn_node_and_its_group_are_killed_after_the_grace_periods(tmp_path, ament_prefix, capsys):
-    nodes = launch(tmp_path, f"""
+    nodes = launch(
+        tmp_path,
+        f"""
     <node pkg="{PKG}" exec="node" name="stubborn" output="screen" args="--stubborn --grandchild"/>
-    """)
+    """,
+    )
     start = time.monotonic()
     assert run(nodes, stop_after=1.0, grace=0.3) == 0
     assert time.monotonic() - start < 1.0 + 3 * 0.3 + 1.5
@@ -526,10 +674,13 @@ def test_stubborn_node_and_its_group_are_killed_after_the_grace_periods(tmp_path
 
 
 def test_required_node_exit_shuts_everything_down_with_its_error(tmp_path, ament_prefix, capsys):
-    nodes = launch(tmp_path, f"""
+    nodes = launch(
+        tmp_path,
+        f"""
     <node pkg="{PKG}" exec="node" name="worker" output="screen"/>
     <node pkg="{PKG}" exec="node" name="boss" output="screen" on_exit="shutdown" args="--exit 3 --after 0.8"/>
-    """)
+    """,
+    )
     start = time.monotonic()
     assert run(nodes, stop_after=15.0, grace=2.0) == 1
     assert time.monotonic() - start < 8.0
@@ -542,19 +693,25 @@ def test_required_node_exit_shuts_everything_down_with_its_error(tmp_path, ament
 def test_exit_codes_when_nodes_end_by_themselves(tmp_path, ament_prefix, capsys):
     clean = launch(tmp_path, f'<node pkg="{PKG}" exec="node" name="a" args="--exit 0"/>')
     assert run(clean, stop_after=15.0) == 0
-    failing = launch(tmp_path, f"""
+    failing = launch(
+        tmp_path,
+        f"""
     <node pkg="{PKG}" exec="node" name="a" args="--exit 0"/>
     <node pkg="{PKG}" exec="node" name="b" args="--exit 4"/>
-    """)
+    """,
+    )
     assert run(failing, stop_after=15.0) == 1
     assert "b: process" in capsys.readouterr().err
 
 
 def test_shutdown_on_failure_option(tmp_path, ament_prefix, capsys):
-    nodes = launch(tmp_path, f"""
+    nodes = launch(
+        tmp_path,
+        f"""
     <node pkg="{PKG}" exec="node" name="worker" output="screen"/>
     <node pkg="{PKG}" exec="node" name="flaky" args="--exit 1 --after 0.8"/>
-    """)
+    """,
+    )
     start = time.monotonic()
     assert run(nodes, stop_after=15.0, grace=2.0, stop_on_failure=True) == 1
     assert time.monotonic() - start < 8.0
@@ -562,23 +719,34 @@ def test_shutdown_on_failure_option(tmp_path, ament_prefix, capsys):
 
 
 def test_respawn(tmp_path, ament_prefix, capsys):
-    nodes = launch(tmp_path, f"""
+    nodes = launch(
+        tmp_path,
+        f"""
     <node pkg="{PKG}" exec="node" name="phoenix" output="screen" respawn="true" respawn_delay="0.1"
           args="--exit 0"/>
-    """)
+    """,
+    )
     assert run(nodes, stop_after=1.2) == 0
     assert len(lines_of(capsys.readouterr().out, "phoenix", "PID")) >= 2
 
 
 def test_ctrl_c_on_the_cli_stops_all_nodes_cleanly(tmp_path, ament_prefix):
-    path = write(tmp_path / "two.launch.xml", f"""
+    path = write(
+        tmp_path / "two.launch.xml",
+        f"""
     <launch>
       <node pkg="{PKG}" exec="node" name="one" output="screen"/>
       <node pkg="{PKG}" exec="node" name="two" output="screen"/>
     </launch>
-    """)
-    runner = subprocess.Popen([sys.executable, "-m", "dexhier.launch.cli", str(path)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    """,
+    )
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "dexhier.launch.cli", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     pids, ready = [], set()
     try:
         assert runner.stdout is not None

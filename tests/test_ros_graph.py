@@ -42,7 +42,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 def test_launched_sim_graph_solves_seeded_episodes(tmp_path):
     results = tmp_path / "episodes.jsonl"
     launch_file = str(ROOT / "launch" / "sim.launch.xml")
-    args = ["episodes:=3", "seed:=201", "real_time_factor:=2.0", f"results_path:={results}"]
+    args = ["episodes:=3", "seed:=201", "real_time_factor:=1.0", f"results_path:={results}"]
     cmd = [str(BIN / "dexhier"), "launch", launch_file, *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -274,6 +274,7 @@ def test_perception_node_reports_the_tool_opening_through_the_graph(tmp_path):
     est: list[tuple[float, float]] = []
     truth: list[tuple[float, float]] = []
     q = QoSProfile(depth=50)
+
     def on_estimate(m: JointState) -> None:
         est.append((time.monotonic(), m.position[list(m.name).index("tip_gap")]))
 

@@ -60,18 +60,39 @@ def add_launch_parser(
         "nodes (SIGINT, then SIGTERM, then SIGKILL).",
     )
     p.add_argument("file", type=Path, metavar="FILE", help="launch file (*.launch.xml)")
-    p.add_argument("launch_args", nargs="*", type=_launch_arg, metavar="name:=value",
-                   help="launch arguments, as for ros2 launch")
-    p.add_argument("--print", dest="print_only", action="store_true",
-                   help="print the resolved nodes and their command lines, start nothing")
-    p.add_argument("--stop-after", type=_seconds, metavar="SECONDS",
-                   help="shut everything down after this long (default: run until Ctrl-C or all nodes exit)")
-    p.add_argument("--grace", type=_seconds, default=GRACE_S, metavar="SECONDS",
-                   help="wait this long after SIGINT before SIGTERM, and after SIGTERM before SIGKILL "
-                   "(default: %(default)s)")
-    p.add_argument("--shutdown-on-failure", action="store_true",
-                   help='stop everything when any node exits with an error (default: only nodes with '
-                   'on_exit="shutdown" stop the launch)')
+    p.add_argument(
+        "launch_args",
+        nargs="*",
+        type=_launch_arg,
+        metavar="name:=value",
+        help="launch arguments, as for ros2 launch",
+    )
+    p.add_argument(
+        "--print",
+        dest="print_only",
+        action="store_true",
+        help="print the resolved nodes and their command lines, start nothing",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=_seconds,
+        metavar="SECONDS",
+        help="shut everything down after this long (default: run until Ctrl-C or all nodes exit)",
+    )
+    p.add_argument(
+        "--grace",
+        type=_seconds,
+        default=GRACE_S,
+        metavar="SECONDS",
+        help="wait this long after SIGINT before SIGTERM, and after SIGTERM before SIGKILL "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--shutdown-on-failure",
+        action="store_true",
+        help="stop everything when any node exits with an error (default: only nodes with "
+        'on_exit="shutdown" stop the launch)',
+    )
     p.set_defaults(func=cmd_launch)
     return p
 

@@ -101,8 +101,9 @@ def describe(nodes: list[NodeAction]) -> tuple[str, bool]:
         flags = [f"output={node.output}"]
         flags += ["respawn"] if node.respawn else []
         flags += ['on_exit="shutdown"'] if node.required else []
-        lines.append(f"{node.label}  [{node.package or '-'}/{node.executable}]  {' '.join(flags)}  "
-                     f"({node.source})")
+        lines.append(
+            f"{node.label}  [{node.package or '-'}/{node.executable}]  {' '.join(flags)}  ({node.source})"
+        )
         try:
             exe = resolve_executable(node.package, node.executable)
             lines.append("  cmd: " + shlex.join(node.command(exe)))
@@ -146,8 +147,13 @@ def run(
 
 
 class _Runner:
-    def __init__(self, nodes: list[NodeAction], grace: float, stop_on_failure: bool,
-                 log_dir: str | os.PathLike[str] | None) -> None:
+    def __init__(
+        self,
+        nodes: list[NodeAction],
+        grace: float,
+        stop_on_failure: bool,
+        log_dir: str | os.PathLike[str] | None,
+    ) -> None:
         self.grace, self.stop_on_failure = grace, stop_on_failure
         self.out, self.err = sys.stdout, sys.stderr
         self.lock = threading.Lock()
@@ -200,8 +206,14 @@ class _Runner:
         env = {**os.environ, **child.node.env}
         env.setdefault("PYTHONUNBUFFERED", "1")  # Python nodes' prints reach the screen line by line
         try:
-            proc = subprocess.Popen(child.argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, process_group=0)
+            proc = subprocess.Popen(
+                child.argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                process_group=0,
+            )
         except OSError as err:
             self.say(f"{child.label}: cannot start {child.argv[0]}: {err}")
             self.failed = True

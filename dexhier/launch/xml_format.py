@@ -121,8 +121,10 @@ def param_value(text: str) -> ParamValue:
     except yaml.YAMLError:
         return text
     if isinstance(value, list):
-        if value and all(type(item) is type(value[0]) for item in value) and type(value[0]) in (
-            bool, int, float, str
+        if (
+            value
+            and all(type(item) is type(value[0]) for item in value)
+            and type(value[0]) in (bool, int, float, str)
         ):
             return value
         raise ValueError(f"{text!r} is not a non-empty list of one type (bool, int, float or str)")
@@ -197,8 +199,19 @@ _SPECS: dict[str, _Spec] = {
     "include": _Spec(("file", *_COND), ("file",), ("arg",)),
     "include/arg": _Spec(("name", "value"), ("name", "value")),
     "node": _Spec(
-        ("pkg", "exec", "name", "namespace", "args", "output", "respawn", "respawn_delay", "on_exit",
-         "required", *_COND),
+        (
+            "pkg",
+            "exec",
+            "name",
+            "namespace",
+            "args",
+            "output",
+            "respawn",
+            "respawn_delay",
+            "on_exit",
+            "required",
+            *_COND,
+        ),
         ("exec",),
         ("param", "remap", "env"),
         ("respawn_delay", "on_exit", "required"),
@@ -225,7 +238,7 @@ def _check(el: Element, parent: str) -> None:
     if "if" in el.attrs and "unless" in el.attrs:
         raise LaunchError(f"{el.where}: 'if' and 'unless' cannot be used together")
     if el.tag == "param" and ("from" in el.attrs) == ("name" in el.attrs or "value" in el.attrs):
-        raise LaunchError(f"{el.where}: use either from=\"file.yaml\" or name=\"...\" value=\"...\"")
+        raise LaunchError(f'{el.where}: use either from="file.yaml" or name="..." value="..."')
     if el.tag == "param" and "from" not in el.attrs and not {"name", "value"} <= set(el.attrs):
         raise LaunchError(f"{el.where}: a name= parameter needs a value= attribute")
     for attr, text in el.attrs.items():
@@ -252,7 +265,10 @@ class Call:
 Template = tuple[str | Call, ...]
 # name -> (fewest, most) arguments
 SUBSTITUTIONS: dict[str, tuple[int, int]] = {
-    "var": (1, 2), "env": (1, 2), "find-pkg-share": (1, 1), "dirname": (0, 0)
+    "var": (1, 2),
+    "env": (1, 2),
+    "find-pkg-share": (1, 1),
+    "dirname": (0, 0),
 }
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
@@ -414,8 +430,10 @@ class _Interpreter:
         if path.suffix != ".xml":
             raise LaunchError(f"{where}: only XML launch files are supported, not {path.name}")
         if not path.is_file():
-            raise LaunchError(f"{where}: no launch file {path} (relative paths are from the current "
-                              "directory; use $(dirname)/... for files next to this one)")
+            raise LaunchError(
+                f"{where}: no launch file {path} (relative paths are from the current "
+                "directory; use $(dirname)/... for files next to this one)"
+            )
         if path.resolve() in self.files:
             raise LaunchError(f"{where}: {path} includes itself")
         root = _load_xml(path)
@@ -440,13 +458,16 @@ class _Interpreter:
         if name not in self.scope.configs:
             default = self.text(el, "default")
             if default is None:
-                raise LaunchError(f"{el.where}: required argument '{name}' was not provided "
-                                  f"(pass {name}:=VALUE); {_describe_args(el.file)}")
+                raise LaunchError(
+                    f"{el.where}: required argument '{name}' was not provided "
+                    f"(pass {name}:=VALUE); {_describe_args(el.file)}"
+                )
             self.scope.configs[name] = default
         choices = [_unescape(c.attrs["value"]) for c in el.children]
         if choices and self.scope.configs[name] not in choices:
-            raise LaunchError(f"{el.where}: argument '{name}' is {self.scope.configs[name]!r} "
-                              f"(valid: {', '.join(choices)})")
+            raise LaunchError(
+                f"{el.where}: argument '{name}' is {self.scope.configs[name]!r} (valid: {', '.join(choices)})"
+            )
 
     def do_let(self, el: Element) -> None:
         self.scope.configs[self.text(el, "name") or ""] = self.text(el, "value") or ""
@@ -474,8 +495,9 @@ class _Interpreter:
     def do_node(self, el: Element) -> None:
         name = self.text(el, "name")
         if name is not None and not _NODE_NAME.fullmatch(name):
-            raise LaunchError(f"{el.where}: invalid node name {name!r} (letters, digits and '_', "
-                              "not starting with a digit)")
+            raise LaunchError(
+                f"{el.where}: invalid node name {name!r} (letters, digits and '_', not starting with a digit)"
+            )
         ns = prefix_namespace(self.scope.configs.get("ros_namespace"), self.text(el, "namespace"))
         output = self.text(el, "output", "log") or "log"
         if output not in OUTPUTS:
@@ -485,8 +507,10 @@ class _Interpreter:
             raise LaunchError(f"{el.where}: on_exit={on_exit!r} is not supported (valid: shutdown)")
         required = on_exit == "shutdown"
         if "required" in el.attrs:
-            log.warning("%s: required= is the ROS 1 spelling and `ros2 launch` rejects it; "
-                        'use on_exit="shutdown"', el.where)
+            log.warning(
+                '%s: required= is the ROS 1 spelling and `ros2 launch` rejects it; use on_exit="shutdown"',
+                el.where,
+            )
             required = required or _as_bool(el.attrs["required"], f"{el.where} required=")
         try:
             delay = float(el.attrs.get("respawn_delay", "0"))
@@ -567,8 +591,10 @@ def _unescape(text: str) -> str:
 
 def _valid_namespace(ns: str, where: str) -> str:
     if not _NAMESPACE.fullmatch(ns):
-        raise LaunchError(f"{where}: invalid namespace {ns!r} ('/'-separated tokens of letters, digits "
-                          "and '_', not starting with a digit)")
+        raise LaunchError(
+            f"{where}: invalid namespace {ns!r} ('/'-separated tokens of letters, digits "
+            "and '_', not starting with a digit)"
+        )
     return ns
 
 
@@ -581,8 +607,10 @@ def _package_share(package: str, where: str) -> str:
         return get_package_share_directory(package)
     except (PackageNotFoundError, OSError, ValueError):
         prefixes = os.environ.get("AMENT_PREFIX_PATH") or "unset"
-        raise LaunchError(f"{where}: package '{package}' is not registered in the ament index "
-                          f"(AMENT_PREFIX_PATH: {prefixes})") from None
+        raise LaunchError(
+            f"{where}: package '{package}' is not registered in the ament index "
+            f"(AMENT_PREFIX_PATH: {prefixes})"
+        ) from None
 
 
 def _args_of(root: Element, conditional: bool = False) -> list[tuple[Element, bool]]:
@@ -615,8 +643,10 @@ def _check_required_args(root: Element, given: list[str], where: str) -> None:
         name = _unescape(el.attrs["name"])
         if not conditional and "default" not in el.attrs and name not in given:
             how = "on the command line" if where == "" else f"as <arg> of the <include> at {where}"
-            raise LaunchError(f"{el.where}: required argument '{name}' was not provided (pass "
-                              f"{name}:=VALUE {how}); {_describe_args(el.file)}")
+            raise LaunchError(
+                f"{el.where}: required argument '{name}' was not provided (pass "
+                f"{name}:=VALUE {how}); {_describe_args(el.file)}"
+            )
 
 
 # ------------------------------------------------------------------------------ entry point
@@ -632,8 +662,12 @@ def parse_launch_file(
     interp.include(Path(path), given, "")
     for name, _ in given:
         if name not in interp.declared:
-            log.warning("%s: argument '%s' is not declared by any <arg> (declared: %s)",
-                        path, name, _choices(tuple(interp.declared)))
+            log.warning(
+                "%s: argument '%s' is not declared by any <arg> (declared: %s)",
+                path,
+                name,
+                _choices(tuple(interp.declared)),
+            )
     seen: set[str] = set()
     for node in interp.nodes:
         if node.full_name is not None and node.full_name in seen:

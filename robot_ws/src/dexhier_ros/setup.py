@@ -18,20 +18,25 @@ HERE = Path(__file__).resolve().parent
 def launch_files() -> list[str]:
     """The repository's launch files and their parameter YAML (``<repo>/launch``).
 
-    They live outside this package (``dexhier launch`` runs them from the repository too). The
-    directory is found from this file's real location (symlinks resolved), not by globbing
-    ``../../../launch`` from whatever the working directory is, which silently installed nothing
-    when the build ran elsewhere or the package was symlinked into another workspace. The paths
-    are relative to this directory, as setuptools and colcon require (colcon rejects absolute
-    ones). Outside the repository there is nothing to install, which is said on stderr.
+    They live outside this package (``dexhier launch`` runs them from the repository), so they
+    exist only when the package is built inside the repository. The former
+    ``glob("../../../launch/*.xml")``, relative to the working directory, installed nothing without
+    a word when the package was built elsewhere (copied into another workspace, from an sdist),
+    leaving ``ros2 launch dexhier_ros ...`` to fail later, and took any XML file there. This finds
+    the directory from this file (the repository's when it holds sim.launch.xml), takes only
+    ``*.launch.xml`` and ``*.yaml`` in a stable order, and says on stderr when there are none.
+    The paths are relative to this directory, as setuptools and colcon require.
     """
     launch_dir = HERE.parents[2] / "launch"
+    if not (launch_dir / "sim.launch.xml").is_file():  # not the dexhier repository's launch/
+        print(f"{PACKAGE}: no {launch_dir / 'sim.launch.xml'}: installing the nodes without launch files",
+              file=sys.stderr)  # fmt: skip
+        return []
     files = sorted(p for pattern in ("*.launch.xml", "*.yaml") for p in launch_dir.glob(pattern))
-    if not files:
-        print(f"{PACKAGE}: no launch files in {launch_dir}: installing the nodes without them",
-              file=sys.stderr)
     return [os.path.relpath(p, HERE) for p in files]
 
+
+LAUNCH_FILES = launch_files()
 
 setup(
     name=PACKAGE,
@@ -40,7 +45,7 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
-        (f"share/{PACKAGE}/launch", launch_files()),
+        *([(f"share/{PACKAGE}/launch", LAUNCH_FILES)] if LAUNCH_FILES else []),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

@@ -18,8 +18,9 @@ def run_node(
     normal shutdown and is not reported as a crash.
     """
     rclpy.init(args=args)
-    node = make()
+    node = None
     try:
+        node = make()  # inside the try: Ctrl-C during a slow start-up is a normal shutdown too
         if executor is None:
             rclpy.spin(node)
         else:
@@ -31,10 +32,11 @@ def run_node(
         if rclpy.ok():
             raise
     finally:
-        close = getattr(node, "close", None)
-        if close is not None:
-            close()
-        node.destroy_node()
+        if node is not None:
+            close = getattr(node, "close", None)
+            if close is not None:
+                close()
+            node.destroy_node()
         rclpy.try_shutdown()
 
 
