@@ -40,8 +40,11 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+def _atomic_write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
 
 
 def save_checkpoint(
@@ -54,10 +57,7 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint directory (files replaced atomically one by one); returns its path."""
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / (WEIGHTS_FILE + ".tmp")
-    save_file(_contiguous(weights), str(tmp))
-    os.replace(tmp, d / WEIGHTS_FILE)
+    _atomic_write_tensors(d / WEIGHTS_FILE, weights)
     _atomic_write_text(d / STATS_FILE, json.dumps(stats, indent=1))
     doc = {"type": type_, "format_version": FORMAT_VERSION, "config": config, "metrics": metrics or {}}
     _atomic_write_text(d / CONFIG_FILE, json.dumps(doc, indent=1))
@@ -100,10 +100,7 @@ def load_checkpoint(
 def save_train_state(directory: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Resumable training state (optimizer moments, EMA, ...) beside a checkpoint."""
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / (TRAIN_STATE_FILE + ".tmp")
-    save_file(_contiguous(tensors), str(tmp))
-    os.replace(tmp, d / TRAIN_STATE_FILE)
+    _atomic_write_tensors(d / TRAIN_STATE_FILE, tensors)
     _atomic_write_text(d / TRAIN_META_FILE, json.dumps(meta, indent=1))
 
 
