@@ -98,6 +98,7 @@ class TwinBridge(Node):
         self.image_renderer = None
         # The cloud comes from its own depth camera and size (perception wants a close, dense view).
         self.points_camera = parameter(self, "points_camera", "wrist")
+        self.points_every = parameter(self, "points_every", 4)  # control steps per cloud (5 Hz)
         self.points_size = (parameter(self, "points_width", 320), parameter(self, "points_height", 240))
         self.points_renderer = None
         self.dt = 1.0 / self.env.config.control_hz
@@ -176,7 +177,7 @@ class TwinBridge(Node):
             path = f"{self.video_dir}/{self.task}_seed{seed}.mp4"
             self.video = VideoWriter(path, fps=1.0 / self.dt)
             self._video_frame()
-        self._publish(camera=True)
+        self._publish(camera=True, cloud=True)
         self._publish_episode()
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
@@ -219,7 +220,7 @@ class TwinBridge(Node):
             self.done, self.success = True, bool(info["success"])
             self._close_video()
             self._publish_episode()
-        self._publish(camera=self.steps % self.camera_every == 0)
+        self._publish(camera=self.steps % self.camera_every == 0, cloud=self.steps % self.points_every == 0)
 
     def _images(self) -> tuple[np.ndarray, np.ndarray]:
         """Scene camera colour (H, W, 3) uint8 and depth (H, W) float32 m at ``image_width/height``."""
@@ -256,7 +257,7 @@ class TwinBridge(Node):
                 renderer.close()
         self.env.close()
 
-    def _publish(self, camera: bool) -> None:
+    def _publish(self, camera: bool, cloud: bool = True) -> None:
         d, now = self.env.data, self._now()
         clock = Clock()
         clock.clock = M.to_time(now)
@@ -267,10 +268,11 @@ class TwinBridge(Node):
             self.pub_rgb.publish(M.image(rgb, now, frame))
             self.pub_depth.publish(M.image(depth, now, frame))
             self.pub_info.publish(M.camera_info(self.intr, now, frame))
+        if cloud:
             points, labels = self._cloud()
-            cloud = to_pointcloud2(points, labels, msg_cls=PointCloud2, field_cls=PointField)
-            cloud.header.stamp, cloud.header.frame_id = M.to_time(now), V.FRAME_BASE
-            self.pub_points.publish(cloud)
+            msg = to_pointcloud2(points, labels, msg_cls=PointCloud2, field_cls=PointField)
+            msg.header.stamp, msg.header.frame_id = M.to_time(now), V.FRAME_BASE
+            self.pub_points.publish(msg)
         pos = np.concatenate([self.obs[V.OBS_ARM_QPOS], self.obs[V.OBS_HAND_QPOS]])
         vel = np.concatenate([self.obs[V.OBS_ARM_QVEL], self.obs[V.OBS_HAND_QVEL]])
         self.pub_js.publish(M.joint_state(self.names, pos, vel, now))
