@@ -16,7 +16,7 @@ import math
 import multiprocessing as mp
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import mujoco
 import numpy as np
@@ -270,4 +270,3 @@ def generate(
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-__all__ = ["LABEL_KEYS", "SyntheticConfig", "default_cloud_config", "generate", "replace"]

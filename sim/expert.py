@@ -62,7 +62,8 @@ class ExpertConfig:
     release_time: float = 0.6
     position_tolerance: float = 0.004
     gap_gain: float = 0.6
-    """Integral gain of the gap loop: change of s per (m of gap error x s)... per control step, 1/m."""
+    """Integral gain of the gap loop: change of the posture scalar s per control step per metre of
+    gap error (1/m)."""
     postures: PinchPostures = field(default_factory=PinchPostures)
 
 
@@ -162,7 +163,7 @@ class ExpertPolicy:
             # error of the fingers against the object sets the grip force.
             s_cmd = self.s_for_gap(gap_goal)
         else:
-            self._s += cfg.gap_gain * (st.tip_gap - gap_goal) * 20.0 * dt
+            self._s += cfg.gap_gain * (st.tip_gap - gap_goal)
             self._s = float(np.clip(self._s, -0.3, 0.3))
             s_cmd = float(np.clip(self.s_for_gap(gap_goal) + self._s, 0.0, 1.0))
         hand_q = self._q_open + s_cmd * (self._q_closed - self._q_open)

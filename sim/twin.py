@@ -9,7 +9,6 @@ returned in ``info["privileged"]``.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +93,8 @@ class TwinEnv(Backend):
         self.model: mujoco.MjModel | None = None
         self.data: mujoco.MjData | None = None
         self._renderer: CameraRenderer | None = None
+        self._video_renderer: CameraRenderer | None = None  # for render(): any size, on demand
+        self._video_key: tuple | None = None
         self._succeeded = False
         # Build once with a default object so that specs exist before the first reset.
         self._load(self.task.sample(np.random.default_rng(0)))
@@ -225,9 +226,11 @@ class TwinEnv(Backend):
         return len(self._robot.joint_names)
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        for renderer in (self._renderer, self._video_renderer):
+            if renderer is not None:
+                renderer.close()
+        self._renderer = self._video_renderer = None
+        self._video_key = None
 
     # ----------------------------------------------------------- observation
     def tip_gap(self) -> float:
@@ -265,8 +268,8 @@ class TwinEnv(Backend):
     def render(self, camera: str, width: int, height: int) -> np.ndarray:
         """A colour frame of any size (for videos and figures), uint8 (H, W, 3)."""
         key = (width, height)
-        if getattr(self, "_video_key", None) != (key, id(self.model)):
-            if getattr(self, "_video_renderer", None) is not None:
+        if self._video_key != (key, id(self.model)):
+            if self._video_renderer is not None:
                 self._video_renderer.close()
             self._video_renderer = CameraRenderer(self.model, width, height)
             self._video_key = (key, id(self.model))
@@ -340,4 +343,3 @@ def tcp_in_flange(env: TwinEnv) -> tuple[np.ndarray, np.ndarray]:
     return fr.T @ (tip.xpos - fp), fr.T @ tip.xmat.reshape(3, 3)
 
 
-__all__ = ["TwinConfig", "TwinEnv", "tcp_in_flange", "math"]
