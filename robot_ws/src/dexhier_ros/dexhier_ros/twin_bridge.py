@@ -26,7 +26,7 @@ import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2, PointField
+from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -34,10 +34,8 @@ from trajectory_msgs.msg import JointTrajectory
 from dexhier import vocabulary as V
 from dexhier_ros import messages as M
 from dexhier_ros.runtime import parameter, run_node
-from perception.pointcloud2 import to_pointcloud2
-from sim.camera import camera_intrinsics, camera_pose, depth_to_points
-from sim.cell import SCENE_CAMERA, segmentation_table
-from sim.rendering import CameraRenderer
+from dexhier_ros.sensors import SensorPublisher
+from sim.cell import SCENE_CAMERA
 from sim.twin import TwinConfig, TwinEnv
 
 
@@ -93,16 +91,13 @@ class TwinBridge(Node):
             TwinConfig(task=self.task, image_width=size[0], image_height=size[1], cameras=(SCENE_CAMERA,),
                        render=False, points=False)
         )  # fmt: skip
-        # Camera frames are rendered only on the steps that publish them (every camera_every steps).
         self.image_size = size
-        self.image_renderer = None
         # The cloud comes from its own depth camera and size (perception wants a close, dense view).
         self.points_camera = parameter(self, "points_camera", "wrist")
         self.points_every = parameter(self, "points_every", 4)  # control steps per cloud (5 Hz)
         self.points_size = (parameter(self, "points_width", 320), parameter(self, "points_height", 240))
-        self.points_renderer = None
+
         self.dt = 1.0 / self.env.config.control_hz
-        self.intr = camera_intrinsics(self.env.model, SCENE_CAMERA, *size)
         self.names = self.env.action_spec.names
         self.arm_joints, self.hand_joints = self.env.robot.arm_joints, self.env.robot.hand_joints
         reliable = QoSProfile(depth=10)
@@ -125,6 +120,14 @@ class TwinBridge(Node):
         self.paused = False
         self.started = 0  # episodes started through /dexhier/sim/reset
         self.clock_offset = 0.0  # /clock stays monotonic across resets (the twin's time restarts at 0)
+        self.sensors = SensorPublisher(
+            (self.pub_rgb, self.pub_depth, self.pub_info, self.pub_points),
+            size,
+            self.points_camera,
+            self.points_size,
+        )
+        self.sensors.start()
+        self.sensor_error_logged = False
         self._reset(self.seed)
         self.create_timer(self.dt / max(self.rtf, 1e-3), self._tick)
         self.get_logger().info(
@@ -210,6 +213,9 @@ class TwinBridge(Node):
     def _tick(self) -> None:
         if self.paused or not rclpy.ok():
             return
+        if self.sensors.error and not self.sensor_error_logged:
+            self.get_logger().error(f"sensor thread stopped: {self.sensors.error}")
+            self.sensor_error_logged = True
         t = self._now()
         self.command = np.concatenate([self.arm.target(t + self.dt), self.hand.target(t + self.dt)])
         self.obs, _, terminated, truncated, info = self.env.step(self.command)
@@ -222,39 +228,9 @@ class TwinBridge(Node):
             self._publish_episode()
         self._publish(camera=self.steps % self.camera_every == 0, cloud=self.steps % self.points_every == 0)
 
-    def _images(self) -> tuple[np.ndarray, np.ndarray]:
-        """Scene camera colour (H, W, 3) uint8 and depth (H, W) float32 m at ``image_width/height``."""
-        env = self.env
-        if self.image_renderer is None or self.image_renderer_model is not env.model:
-            if self.image_renderer is not None:
-                self.image_renderer.close()
-            self.image_renderer = CameraRenderer(env.model, *self.image_size)
-            self.image_renderer_model = env.model
-        r = self.image_renderer
-        return r.rgb(env.data, SCENE_CAMERA), r.depth(env.data, SCENE_CAMERA)
-
-    def _cloud(self) -> tuple[np.ndarray, np.ndarray]:
-        """Points (N, 3) in base_link and segmentation labels (N,) int32 from ``points_camera``."""
-        env, cam = self.env, self.points_camera
-        if self.points_renderer is None or self.points_renderer_model is not env.model:
-            if self.points_renderer is not None:
-                self.points_renderer.close()
-            self.points_renderer = CameraRenderer(env.model, *self.points_size)
-            self.points_renderer_model = env.model
-            self.points_intr = camera_intrinsics(env.model, cam, *self.points_size)
-        r = self.points_renderer
-        ids = r.geom_ids(env.data, cam)
-        seg = segmentation_table(env.model)
-        labels = np.where(ids >= 0, seg[np.maximum(ids, 0)], V.SEG_LABELS["background"]).astype(np.int32)
-        rot, trans = camera_pose(env.data, cam)
-        points, labels = depth_to_points(r.depth(env.data, cam), self.points_intr, rot, trans, labels)
-        return points, labels
-
     def close(self) -> None:
         self._close_video()
-        for renderer in (self.points_renderer, self.image_renderer):
-            if renderer is not None:
-                renderer.close()
+        self.sensors.stop()
         self.env.close()
 
     def _publish(self, camera: bool, cloud: bool = True) -> None:
@@ -262,23 +238,14 @@ class TwinBridge(Node):
         clock = Clock()
         clock.clock = M.to_time(now)
         self.pub_clock.publish(clock)
-        if camera:  # sensors of this instant first, then the state the policy acts on
-            frame = V.FRAME_SCENE_CAMERA
-            rgb, depth = self._images()
-            self.pub_rgb.publish(M.image(rgb, now, frame))
-            self.pub_depth.publish(M.image(depth, now, frame))
-            self.pub_info.publish(M.camera_info(self.intr, now, frame))
-        if cloud:
-            points, labels = self._cloud()
-            msg = to_pointcloud2(points, labels, msg_cls=PointCloud2, field_cls=PointField)
-            msg.header.stamp, msg.header.frame_id = M.to_time(now), V.FRAME_BASE
-            self.pub_points.publish(msg)
         pos = np.concatenate([self.obs[V.OBS_ARM_QPOS], self.obs[V.OBS_HAND_QPOS]])
         vel = np.concatenate([self.obs[V.OBS_ARM_QVEL], self.obs[V.OBS_HAND_QVEL]])
         self.pub_js.publish(M.joint_state(self.names, pos, vel, now))
         state = Float64MultiArray()
         state.data = [float(d.time), *d.qpos.tolist(), *d.qvel.tolist()]  # episode time, qpos, qvel
         self.pub_state.publish(state)
+        if camera or cloud:  # rendered and published by the sensor thread, off this control tick
+            self.sensors.submit(self.env.model, d, now, camera, cloud)
 
 
 def main(args: list[str] | None = None) -> None:

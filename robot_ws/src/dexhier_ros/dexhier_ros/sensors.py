@@ -1,0 +1,124 @@
+"""Camera frames and point clouds of the twin, rendered and published off the control tick.
+
+A real cell's camera driver runs beside the robot driver, not inside its control loop. The twin
+bridge does the same: each control step hands a snapshot of the simulation to this thread, which
+renders (MuJoCo releases the GIL while it renders, so this overlaps the next control steps) and
+publishes. When rendering falls behind, older snapshots are dropped, like frames of a camera.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from dataclasses import dataclass
+
+import mujoco
+import numpy as np
+from sensor_msgs.msg import CameraInfo, PointCloud2, PointField
+
+from dexhier import vocabulary as V
+from dexhier_ros import messages as M
+from perception.pointcloud2 import to_pointcloud2
+from sim.camera import camera_intrinsics, camera_pose, depth_to_points
+from sim.cell import SCENE_CAMERA, segmentation_table
+from sim.rendering import CameraRenderer
+
+
+@dataclass
+class _Snapshot:
+    model: mujoco.MjModel
+    data: mujoco.MjData
+    stamp: float
+    camera: bool
+    cloud: bool
+
+
+class SensorPublisher(threading.Thread):
+    """Publishes the scene camera (colour, depth, camera_info) and the ``points_camera`` cloud.
+
+    Args:
+        publishers: (rgb, depth, camera_info, points) ROS publishers.
+        image_size: scene camera (width, height), px.
+        points_camera, points_size: camera and (width, height) of the cloud.
+    """
+
+    def __init__(self, publishers: tuple, image_size: tuple[int, int], points_camera: str,
+                 points_size: tuple[int, int]) -> None:  # fmt: skip
+        super().__init__(name="sensors", daemon=True)
+        self.pub_rgb, self.pub_depth, self.pub_info, self.pub_points = publishers
+        self.image_size, self.points_camera, self.points_size = image_size, points_camera, points_size
+        self._queue: queue.Queue[_Snapshot | None] = queue.Queue(maxsize=1)
+        self._model: mujoco.MjModel | None = None
+        self.dropped = 0
+        self.error: str | None = None
+
+    def submit(
+        self, model: mujoco.MjModel, data: mujoco.MjData, stamp: float, camera: bool, cloud: bool
+    ) -> None:
+        """Queue a copy of ``data`` for rendering; replaces a snapshot not yet rendered."""
+        snap = mujoco.MjData(model)
+        mujoco.mj_copyData(snap, model, data)
+        item = _Snapshot(model, snap, stamp, camera, cloud)
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            try:
+                self._queue.get_nowait()
+                self.dropped += 1
+            except queue.Empty:
+                pass
+            self._queue.put_nowait(item)
+
+    def stop(self) -> None:
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=1.0)
+        self.join(timeout=5.0)
+
+    def _prepare(self, model: mujoco.MjModel) -> None:
+        """Renderers (created in this thread, which owns their GL contexts) for a new model."""
+        if self._model is model:
+            return
+        for r in getattr(self, "_renderers", ()):
+            r.close()
+        self._image_renderer = CameraRenderer(model, *self.image_size)
+        self._points_renderer = CameraRenderer(model, *self.points_size)
+        self._renderers = (self._image_renderer, self._points_renderer)
+        self._intr = camera_intrinsics(model, SCENE_CAMERA, *self.image_size)
+        self._points_intr = camera_intrinsics(model, self.points_camera, *self.points_size)
+        self._seg = segmentation_table(model)
+        self._model = model
+
+    def run(self) -> None:
+        try:
+            while (snap := self._queue.get()) is not None:
+                self._prepare(snap.model)
+                if snap.camera:
+                    self._publish_images(snap)
+                if snap.cloud:
+                    self._publish_cloud(snap)
+        except Exception as err:  # a dead sensor thread must be visible, not silent
+            self.error = f"{type(err).__name__}: {err}"
+        finally:
+            for r in getattr(self, "_renderers", ()):
+                r.close()
+
+    def _publish_images(self, snap: _Snapshot) -> None:
+        r, frame = self._image_renderer, V.FRAME_SCENE_CAMERA
+        rgb, depth = r.rgb(snap.data, SCENE_CAMERA), r.depth(snap.data, SCENE_CAMERA)
+        self.pub_rgb.publish(M.image(rgb, snap.stamp, frame))
+        self.pub_depth.publish(M.image(depth, snap.stamp, frame))
+        info: CameraInfo = M.camera_info(self._intr, snap.stamp, frame)
+        self.pub_info.publish(info)
+
+    def _publish_cloud(self, snap: _Snapshot) -> None:
+        r, cam = self._points_renderer, self.points_camera
+        ids = r.geom_ids(snap.data, cam)
+        labels = np.where(ids >= 0, self._seg[np.maximum(ids, 0)], V.SEG_LABELS["background"]).astype(
+            np.int32
+        )
+        rot, trans = camera_pose(snap.data, cam)
+        points, labels = depth_to_points(r.depth(snap.data, cam), self._points_intr, rot, trans, labels)
+        msg = to_pointcloud2(points, labels, msg_cls=PointCloud2, field_cls=PointField)
+        msg.header.stamp, msg.header.frame_id = M.to_time(snap.stamp), V.FRAME_BASE
+        self.pub_points.publish(msg)
