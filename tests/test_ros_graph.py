@@ -223,6 +223,8 @@ def test_malformed_input_on_every_subscribed_topic_is_rejected_and_no_node_dies(
             probe.spin(0.1)
         assert probe.states and set(names) <= set(probe.node.get_node_names())
         probe.spin(1.0)
+        future = M.trajectory(probe.names[:6], np.zeros(6), [0.1])
+        future.header.stamp = M.to_time(1e6)  # ~11 days ahead of the twin's clock
         nan_point = JointTrajectoryPoint(positions=[float("nan")] * 6, time_from_start=M.to_duration(0.1))
         bad = [
             ("/arm_controller/joint_trajectory", JointTrajectory(joint_names=list(probe.names[:6]))),
@@ -233,6 +235,7 @@ def test_malformed_input_on_every_subscribed_topic_is_rejected_and_no_node_dies(
             ("/joint_states", JointState(name=["elbow_joint"], position=[1.0, 2.0])),
             ("/dexhier/sim/episode", String(data="{not json")),
             ("/dexhier/sim/state", Float64MultiArray(data=[1.0, 2.0, float("nan")])),
+            ("/arm_controller/joint_trajectory", future),  # absurd timestamp
         ]
         for topic, msg in bad:
             pubs[topic].publish(msg)
@@ -243,7 +246,8 @@ def test_malformed_input_on_every_subscribed_topic_is_rejected_and_no_node_dies(
         probe.close()
         _stop(procs)
     text = {n: logs[n].read_text() for n in names}
-    assert text["twin_bridge"].count("rejected arm trajectory") == 2
+    assert text["twin_bridge"].count("rejected arm trajectory") == 3
+    assert text["twin_bridge"].count("in the future") == 1
     assert text["twin_bridge"].count("rejected hand trajectory") == 1
     assert text["safety_supervisor"].count("rejected arm command") == 1
     assert text["safety_supervisor"].count("rejected hand command") == 1
