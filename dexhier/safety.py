@@ -269,6 +269,14 @@ class SafetySupervisor:
         self._hold(now)
         return True
 
+    def rebase(self, now: float) -> None:
+        """Forget the last forwarded command: the next accepted one is rate-limited from the measured
+        position, with ``dt`` counted from ``now`` (s). For when the robot moved by other means (a
+        simulator reset, a manual jog) and the last command no longer describes where it is."""
+        if not np.isfinite(now):
+            raise ValueError(f"non-finite time: {now}")
+        self._base, self._base_stamp = None, float(now)
+
     def _hold(self, now: float) -> None:
         if not np.isfinite(now):
             raise ValueError(f"non-finite time: {now}")

@@ -204,15 +204,15 @@ def test_malformed_input_on_every_subscribed_topic_is_rejected_and_no_node_dies(
 
         q = QoSProfile(depth=10)
         pubs = {
-            topic: probe.node.create_publisher(kind, topic, q)
-            for topic, kind in [
-                ("/arm_controller/joint_trajectory", JointTrajectory),
-                ("/hand_controller/joint_trajectory", JointTrajectory),
-                ("/dexhier/command/arm", JointTrajectory),
-                ("/dexhier/command/hand", JointTrajectory),
-                ("/joint_states", JointState),
-                ("/dexhier/sim/episode", String),
-                ("/dexhier/sim/state", Float64MultiArray),
+            topic: probe.node.create_publisher(kind, topic, qos)
+            for topic, kind, qos in [
+                ("/arm_controller/joint_trajectory", JointTrajectory, q),
+                ("/hand_controller/joint_trajectory", JointTrajectory, q),
+                ("/dexhier/command/arm", JointTrajectory, q),
+                ("/dexhier/command/hand", JointTrajectory, q),
+                ("/joint_states", JointState, q),
+                ("/dexhier/sim/episode", String, M.EPISODE_QOS),  # latched, like the twin's
+                ("/dexhier/sim/state", Float64MultiArray, q),
             ]
         }
         deadline = time.monotonic() + 40

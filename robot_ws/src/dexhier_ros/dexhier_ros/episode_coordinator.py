@@ -22,6 +22,7 @@ from rclpy.qos import QoSProfile
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from dexhier_ros.messages import EPISODE_QOS
 from dexhier_ros.runtime import parameter
 
 
@@ -34,7 +35,7 @@ class EpisodeCoordinator(Node):
         self.group = ReentrantCallbackGroup()
         self.reset_client = self.create_client(Trigger, "/dexhier/sim/reset", callback_group=self.group)
         self.pub_result = self.create_publisher(String, "/dexhier/episode/result", QoSProfile(depth=10))
-        self.create_subscription(String, "/dexhier/sim/episode", self._on_episode, QoSProfile(depth=10),
+        self.create_subscription(String, "/dexhier/sim/episode", self._on_episode, EPISODE_QOS,
                                  callback_group=self.group)  # fmt: skip
         for name, cb in (("start", self._srv_start), ("stop", self._srv_stop), ("reset", self._srv_reset)):
             self.create_service(Trigger, f"/dexhier/episode/{name}", cb, callback_group=self.group)
@@ -54,7 +55,7 @@ class EpisodeCoordinator(Node):
             return
         self.status = doc
 
-    def _reset_twin(self) -> int:
+    def _reset_twin(self) -> tuple[int, int]:
         if not self.reset_client.wait_for_service(timeout_sec=10.0):
             raise RuntimeError("/dexhier/sim/reset is not available")
         future = self.reset_client.call_async(Trigger.Request())
@@ -63,19 +64,21 @@ class EpisodeCoordinator(Node):
             if time.monotonic() - t0 > 10.0:
                 raise RuntimeError("/dexhier/sim/reset did not answer")
             time.sleep(0.005)
-        return int(json.loads(future.result().message)["seed"])
+        doc = json.loads(future.result().message)
+        return int(doc["episode"]), int(doc["seed"])
 
     def run_episode(self) -> dict:
         """Reset the twin and wait until its episode is done; returns the result record."""
-        seed = self._reset_twin()
+        self.status = None
+        episode, seed = self._reset_twin()
         self.active_seed = seed
         t0 = time.monotonic()
         while True:
             st = self.status
-            if st is not None and st["seed"] == seed and st["done"]:
+            if st is not None and st.get("episode") == episode and st["done"]:
                 break
             if time.monotonic() - t0 > self.timeout or self.active_seed is None:
-                st = {**(st or {}), "seed": seed, "success": False, "done": True, "aborted": True}
+                st = {"seed": seed, "success": False, "done": True, "aborted": True}
                 break
             time.sleep(0.01)
         result = {"seed": seed, "success": bool(st.get("success")), "sim_time": st.get("time"),
@@ -88,7 +91,7 @@ class EpisodeCoordinator(Node):
         self.pub_result.publish(String(data=json.dumps(result)))
         self.get_logger().info(
             f"episode seed {seed}: {'success' if result['success'] else 'failure'} "
-            f"({result['sim_time']:.2f} s simulated, {result['wall_time']:.1f} s wall)"
+            f"({result['sim_time'] or float('nan'):.2f} s simulated, {result['wall_time']:.1f} s wall)"
         )
         self.active_seed = None
         return result
@@ -109,17 +112,19 @@ class EpisodeCoordinator(Node):
         return response
 
     def _srv_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        seed = self._reset_twin()
-        response.success, response.message = True, json.dumps({"seed": seed})
+        episode, seed = self._reset_twin()
+        response.success, response.message = True, json.dumps({"episode": episode, "seed": seed})
         return response
 
     def run_all(self) -> None:
         try:
             for _ in range(self.episodes):
                 self.run_episode()
-        except RuntimeError as err:
-            self.get_logger().error(f"stopping: {err}")
+        except Exception as err:  # the launch must end (and say why), never hang
+            self.get_logger().error(f"stopping: {type(err).__name__}: {err}")
             self.failed = True
+            self.finished = True
+            return
         ok = sum(r["success"] for r in self.results)
         summary = {"episodes": len(self.results), "successes": ok,
                    "success_rate": ok / max(1, len(self.results))}  # fmt: skip

@@ -36,7 +36,7 @@ class ExpertPolicyNode(Node):
         reliable = QoSProfile(depth=10)
         self.pub_arm = self.create_publisher(JointTrajectory, "/dexhier/command/arm", reliable)
         self.pub_hand = self.create_publisher(JointTrajectory, "/dexhier/command/hand", reliable)
-        self.create_subscription(String, "/dexhier/sim/episode", self._on_episode, QoSProfile(depth=10))
+        self.create_subscription(String, "/dexhier/sim/episode", self._on_episode, M.EPISODE_QOS)
         self.create_subscription(Float64MultiArray, "/dexhier/sim/state", self._on_state, reliable)
         self.seed: int | None = None
         self.episode = 0

@@ -11,19 +11,29 @@ from collections.abc import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
+from rclpy.qos import DurabilityPolicy, QoSProfile
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from sim.camera import Intrinsics
+
+EPISODE_QOS = QoSProfile(depth=5, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+"""QoS of ``/dexhier/sim/episode``: latched, so a node that starts late still learns the episode."""
 
 
 class MessageError(ValueError):
     """A message was malformed or does not fit its consumer; the text says why, in one line."""
 
 
+def _split_ns(seconds: float) -> tuple[int, int]:
+    """(sec, nanosec) of a time in seconds; rounding 2.9999999999 gives (3, 0), never (2, 0)."""
+    sec, nsec = divmod(int(round(seconds * 1e9)), 1_000_000_000)
+    return sec, nsec
+
+
 def to_time(seconds: float) -> Time:
-    sec = int(np.floor(seconds))
-    return Time(sec=sec, nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
+    sec, nsec = _split_ns(seconds)
+    return Time(sec=sec, nanosec=nsec)
 
 
 def from_time(stamp: Time | Duration) -> float:
@@ -31,8 +41,8 @@ def from_time(stamp: Time | Duration) -> float:
 
 
 def to_duration(seconds: float) -> Duration:
-    sec = int(np.floor(seconds))
-    return Duration(sec=sec, nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
+    sec, nsec = _split_ns(seconds)
+    return Duration(sec=sec, nanosec=nsec)
 
 
 def joint_state(names: Sequence[str], position: np.ndarray, velocity: np.ndarray, stamp: float) -> JointState:
@@ -101,6 +111,8 @@ def parse_trajectory(msg: JointTrajectory, controller_joints: Sequence[str]) -> 
         times.append(from_time(p.time_from_start))
         rows.append(q)
     t = np.asarray(times)
+    if t[0] < 0:
+        raise MessageError("negative time_from_start")
     if np.any(np.diff(t) <= 0):
         raise MessageError("time_from_start is not strictly increasing")
     return t, np.stack(rows)

@@ -32,12 +32,14 @@ def run_node(
         if rclpy.ok():
             raise
     finally:
-        if node is not None:
+        try:
             close = getattr(node, "close", None)
             if close is not None:
                 close()
-            node.destroy_node()
-        rclpy.try_shutdown()
+        finally:
+            if node is not None:
+                node.destroy_node()
+            rclpy.try_shutdown()
 
 
 def parameter(node: Node, name: str, default):

@@ -67,6 +67,8 @@ class SafetySupervisorNode(Node):
         self.create_subscription(Bool, "/dexhier/estop", self._on_estop, reliable)
         self.create_service(Trigger, "/dexhier/estop/reset", self._on_reset)
         self.dt = 1.0 / rate
+        self.last_sent: dict[int, np.ndarray] = {}
+        self.jump_threshold = parameter(self, "jump_threshold", 0.5)  # rad between command and state
         self.create_timer(self.dt, self._tick)
 
     def _now(self) -> float:
@@ -78,6 +80,7 @@ class SafetySupervisorNode(Node):
         sup = self.sup[joints]
         if decision.command is not None:
             self.out[joints].publish(M.trajectory(sup.limits.names, decision.command, [self.dt]))
+            self.last_sent[id(sup)] = decision.command
         if decision.verdict.value != "forwarded":
             doc = {"controller": joints, "verdict": decision.verdict.value, "reasons": list(decision.reasons),
                    "time": self._now(),
@@ -109,8 +112,18 @@ class SafetySupervisorNode(Node):
         now = self._now()
         for sup in self.sup.values():
             sup.update_state(list(msg.name), np.asarray(msg.position, float), now)
+            self._rebase_after_jump(sup, now)
             if sup.last_state_error:
                 self.get_logger().warning(f"joint_states: {sup.last_state_error}", throttle_duration_sec=1.0)
+
+    def _rebase_after_jump(self, sup: SafetySupervisor, now: float) -> None:
+        """A measured state far from the last forwarded command (the twin was reset, the arm was
+        jogged) means that command no longer describes the robot: rate-limit from the state."""
+        state, last = sup.state, self.last_sent.get(id(sup))
+        if state is not None and last is not None and np.max(np.abs(state - last)) > self.jump_threshold:
+            sup.rebase(now)
+            self.last_sent.pop(id(sup))
+            self.get_logger().info("measured state jumped away from the last command: rate limit re-anchored")
 
     def _on_estop(self, msg: Bool) -> None:
         for j, sup in self.sup.items():

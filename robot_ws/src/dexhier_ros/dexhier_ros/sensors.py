@@ -71,8 +71,10 @@ class SensorPublisher(threading.Thread):
             self._queue.put_nowait(item)
 
     def stop(self) -> None:
+        with contextlib.suppress(queue.Empty):
+            self._queue.get_nowait()  # drop a pending snapshot so the stop sentinel always fits
         with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=1.0)
+            self._queue.put_nowait(None)
         self.join(timeout=5.0)
 
     def _prepare(self, model: mujoco.MjModel) -> None:

@@ -95,6 +95,8 @@ class TwinBridge(Node):
         # The cloud comes from its own depth camera and size (perception wants a close, dense view).
         self.points_camera = parameter(self, "points_camera", "wrist")
         self.points_every = parameter(self, "points_every", 4)  # control steps per cloud (5 Hz)
+        if self.camera_every < 1 or self.points_every < 1 or self.rtf <= 0:
+            raise ValueError("camera_every and points_every must be >= 1 and real_time_factor > 0")
         self.points_size = (parameter(self, "points_width", 320), parameter(self, "points_height", 240))
 
         self.dt = 1.0 / self.env.config.control_hz
@@ -110,7 +112,7 @@ class TwinBridge(Node):
         )
         self.pub_points = self.create_publisher(PointCloud2, "/camera/points", qos_profile_sensor_data)
         self.pub_state = self.create_publisher(Float64MultiArray, "/dexhier/sim/state", reliable)
-        self.pub_episode = self.create_publisher(String, "/dexhier/sim/episode", QoSProfile(depth=10))
+        self.pub_episode = self.create_publisher(String, "/dexhier/sim/episode", M.EPISODE_QOS)
         self.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", self._on_arm, reliable)
         self.create_subscription(
             JointTrajectory, "/hand_controller/joint_trajectory", self._on_hand, reliable
@@ -187,7 +189,7 @@ class TwinBridge(Node):
         seed = self.seed + self.started
         self.started += 1
         self._reset(seed)
-        response.success, response.message = True, json.dumps({"seed": seed})
+        response.success, response.message = True, json.dumps({"episode": self.started, "seed": seed})
         return response
 
     def _on_pause(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
