@@ -19,6 +19,20 @@ def test_time_round_trip():
         assert M.from_time(M.to_time(t)) == pytest.approx(t, abs=1e-9)
 
 
+def test_time_never_goes_back_when_rounding_to_nanoseconds():
+    # The twin's clock is a sum of 0.002 s steps: 2.9999999999999 must become 3 s, not 2 s.
+    m = M.to_time(2.9999999999999)
+    assert (m.sec, m.nanosec) == (3, 0)
+    t, last = 0.0, -1.0
+    for _ in range(5000):
+        t += 0.002
+        now = M.from_time(M.to_time(t))
+        assert now > last
+        last = now
+    d = M.to_duration(0.9999999999999)
+    assert (d.sec, d.nanosec) == (1, 0)
+
+
 def test_joint_state_is_matched_by_name():
     msg = M.joint_state(("c", "a", "b"), np.array([3.0, 1.0, 2.0]), np.zeros(3), 1.0)
     np.testing.assert_array_equal(M.joint_positions(msg, JOINTS), [1.0, 2.0, 3.0])
