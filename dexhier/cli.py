@@ -49,6 +49,13 @@ def _emit(args: argparse.Namespace, summary: dict[str, Any]) -> None:
         print(json.dumps(summary, default=float))
 
 
+def _print_figures(result: dict[str, Any], width: int, precision: int) -> None:
+    """One ``key value`` line per figure, floats with ``precision`` decimals."""
+    for key, value in result.items():
+        text = f"{value:.{precision}f}" if isinstance(value, float) else str(value)
+        print(f"{key:{width}s} {text}")
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
@@ -168,8 +175,7 @@ def cmd_bench_twin(args: argparse.Namespace) -> int:
     from dexhier.bench import bench_twin
 
     result = bench_twin(episodes=args.episodes, progress=lambda m: print(f"bench: {m}", file=sys.stderr))
-    for key, value in result.items():
-        print(f"{key:34s} {value:.3f}" if isinstance(value, float) else f"{key:34s} {value}")
+    _print_figures(result, 34, 3)
     _emit(args, result)
     return 0
 
@@ -193,8 +199,7 @@ def cmd_train_affordance(args: argparse.Namespace) -> int:
     print(f"training the affordance encoder into {args.out} ({cfg.steps} steps, batch {cfg.batch_size})")
     with tqdm(total=cfg.steps, desc="train affordance", unit="step", file=sys.stderr, disable=None) as bar:
         result = train(args.out, cfg, log=lambda m: tqdm.write(m, file=sys.stderr), bar=bar)
-    for key, value in result.items():
-        print(f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}")
+    _print_figures(result, 28, 4)
     from dexhier.checkpoints import update_manifest
 
     keep = ("tip_gap_mae_mm", "angle_mae_deg", "graspable_accuracy", "approach_opening_mae_mm", "samples")
@@ -221,8 +226,7 @@ def cmd_eval_affordance(args: argparse.Namespace) -> int:
     with tqdm(total=n_eps, desc="twin episodes", unit="ep", file=sys.stderr, disable=None) as bar:
         clouds = twin_clouds(args.twin_episodes, args.seed, progress=bar.update)
     result.update(evaluate_twin(encoder, clouds))
-    for key, value in result.items():
-        print(f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}")
+    _print_figures(result, 28, 4)
     _emit(args, result)
     return 0
 
@@ -232,8 +236,7 @@ def cmd_bench_affordance(args: argparse.Namespace) -> int:
     from perception.evaluation import bench
 
     result = bench(AffordanceEncoder.load(args.checkpoint), repeats=args.repeats)
-    for key, value in result.items():
-        print(f"{key:16s} {value:.3f}" if isinstance(value, float) else f"{key:16s} {value}")
+    _print_figures(result, 16, 3)
     _emit(args, result)
     return 0
 
@@ -244,8 +247,7 @@ def cmd_bench_ros(args: argparse.Namespace) -> int:
     print(f"bench ros: the sim graph for {args.duration:g} s at real-time factor {args.real_time_factor:g}",
           file=sys.stderr)  # fmt: skip
     result = bench_ros(args.duration, args.real_time_factor, perception=not args.no_perception)
-    for key, value in result.items():
-        print(f"{key:28s} {value:.3f}" if isinstance(value, float) else f"{key:28s} {value}")
+    _print_figures(result, 28, 3)
     _emit(args, result)
     return 0
 

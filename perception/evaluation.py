@@ -18,6 +18,7 @@ import numpy as np
 
 from dexhier import vocabulary as V
 from perception.encoder import AffordanceEncoder
+from perception.labels import GRASP_CLEARANCE
 from perception.synthetic import SyntheticConfig, generate
 from perception.training import metrics
 from sim.cell import WRIST_CAMERA
@@ -54,7 +55,7 @@ def twin_clouds(
             step, done = 0, False
             while not done:
                 if step % every == 0:
-                    theta = float(np.mean(env.data.qpos[env._tool_qadr]))
+                    theta = env.opening_angle()
                     out.append({
                         "task": task, "seed": seed + i, "step": step,
                         "points": obs[V.OBS_POINTS], "labels": obs[V.OBS_POINTS_LABEL],
@@ -81,7 +82,7 @@ def evaluate_twin(encoder: AffordanceEncoder, clouds: list[dict[str, Any]]) -> d
         errs.append(abs(est.tip_gap - c["tip_gap"]))
         ang.append(abs(est.opening_angle - c["opening_angle"]))
         if est.object_valid:
-            grasp.append(est.graspable == (c["object_width"] + 0.003 <= c["max_gap"]))
+            grasp.append(est.graspable == (c["object_width"] + GRASP_CLEARANCE <= c["max_gap"]))
     errs_a = np.array(errs) if errs else np.array([np.nan])
     return {
         "twin_clouds": len(clouds),

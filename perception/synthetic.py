@@ -268,5 +268,3 @@ def generate(
     if workers > 1:
         pool.shutdown()
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-

@@ -125,7 +125,7 @@ class ExpertPolicy:
             d.ctrl[r.actuator_ids[r.n_arm :]] = self._q_open + s * (self._q_closed - self._q_open)
             for _ in range(int(0.15 * env.config.cell.physics_hz)):
                 mujoco.mj_step(m, d)
-            theta = float(np.mean(d.qpos[env._tool_qadr]))
+            theta = float(np.mean(d.qpos[env.tool_qpos_adr]))
             gaps.append(env.tool.tip_gap(theta))
         gaps = np.minimum.accumulate(np.array(gaps))  # enforce a monotone map
         self._cal_s, self._cal_gap = s_grid, gaps

@@ -233,10 +233,18 @@ class TwinEnv(Backend):
         self._video_key = None
 
     # ----------------------------------------------------------- observation
+    @property
+    def tool_qpos_adr(self) -> np.ndarray:
+        """qpos addresses (2,) of the tweezer hinges in the current model."""
+        return self._tool_qadr
+
+    def opening_angle(self) -> float:
+        """Half-opening angle of the tweezer (rad): the mean of its two hinge angles."""
+        return float(np.mean(self.data.qpos[self._tool_qadr]))
+
     def tip_gap(self) -> float:
         """Tip gap (m) measured from the two hinge angles."""
-        theta = float(np.mean(self.data.qpos[self._tool_qadr]))
-        return self.tool.tip_gap(theta)
+        return self.tool.tip_gap(self.opening_angle())
 
     def _observe(self) -> dict[str, np.ndarray]:
         cfg, d, r = self.config, self.data, self._robot
@@ -341,5 +349,3 @@ def tcp_in_flange(env: TwinEnv) -> tuple[np.ndarray, np.ndarray]:
     fp, fr = env.flange_pose()
     tip = env.data.site(tool_mod.TIP_CENTER_SITE)
     return fr.T @ (tip.xpos - fp), fr.T @ tip.xmat.reshape(3, 3)
-
-

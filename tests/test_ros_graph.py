@@ -267,7 +267,7 @@ def test_perception_node_reports_the_tool_opening_through_the_graph(tmp_path):
     from sim.twin import TwinConfig, TwinEnv
 
     env = TwinEnv(TwinConfig(task="tweezer_pick", render=False, points=False))
-    qadr, tool = env._tool_qadr, env.tool
+    qadr, tool = env.tool_qpos_adr, env.tool
     launch = subprocess.Popen(
         [str(BIN / "dexhier"), "launch", str(ROOT / "launch" / "sim.launch.xml"), "episodes:=2", "seed:=7",
          f"results_path:={tmp_path / 'r.jsonl'}"],

@@ -26,24 +26,25 @@ from dexhier_ros import messages as M
 from dexhier_ros.runtime import parameter, run_node
 
 
-def _limits_from_twin(task: str, joints: str, arm_velocity: float, hand_velocity: float, stale: float):
-    """Joint limits read from the twin's robot model (the same MJCF the cell's robot is built from)."""
-    from sim.twin import TwinConfig, TwinEnv
+def _limits_from_model(arm_velocity: float, hand_velocity: float, stale: float) -> dict[str, SafetyLimits]:
+    """Arm and hand limits read once from the cell's robot model (the MJCF the robot is built from)."""
+    from sim.cell import CellConfig, ObjectParams, build_cell
 
-    env = TwinEnv(TwinConfig(task=task, render=False, points=False))
-    spec, n = env.action_spec, env.robot.n_arm
-    sl = slice(0, n) if joints == "arm" else slice(n, None)
-    vel = arm_velocity if joints == "arm" else hand_velocity
-    names = spec.names[sl]
-    env.close()
-    return SafetyLimits(names=names, lower=spec.lower[sl], upper=spec.upper[sl],
-                        max_velocity=np.full(len(names), vel), stale_after=stale)  # fmt: skip
+    _, robot = build_cell(CellConfig(), ObjectParams())
+    limits = {}
+    for joints, sl, vel in (("arm", slice(0, robot.n_arm), arm_velocity),
+                            ("hand", slice(robot.n_arm, None), hand_velocity)):  # fmt: skip
+        names = robot.joint_names[sl]
+        limits[joints] = SafetyLimits(names=names, lower=robot.lower[sl], upper=robot.upper[sl],
+                                      max_velocity=np.full(len(names), vel), stale_after=stale)  # fmt: skip
+    return limits
 
 
 class SafetySupervisorNode(Node):
     def __init__(self) -> None:
         super().__init__("safety_supervisor")
-        task = parameter(self, "task", "tweezer_pick")
+        # Accepted for symmetry with the other nodes' launch arguments; limits do not depend on the task.
+        parameter(self, "task", "tweezer_pick")
         rate = parameter(self, "control_hz", 20.0)
         stale = parameter(self, "stale_after", 0.1)
         arm_vel, hand_vel = (
@@ -51,7 +52,7 @@ class SafetySupervisorNode(Node):
             parameter(self, "hand_max_velocity", 6.0),
         )
         self.sup = {
-            j: SafetySupervisor(_limits_from_twin(task, j, arm_vel, hand_vel, stale)) for j in ("arm", "hand")
+            j: SafetySupervisor(lim) for j, lim in _limits_from_model(arm_vel, hand_vel, stale).items()
         }
         reliable = QoSProfile(depth=10)
         self.out = {

@@ -51,28 +51,48 @@ class SensorPublisher(threading.Thread):
         self._queue: queue.Queue[_Snapshot | None] = queue.Queue(maxsize=1)
         self._model: mujoco.MjModel | None = None
         self.dropped = 0
+        self._pool: list[mujoco.MjData] = []  # snapshot buffers free for reuse
+        self._pool_model: mujoco.MjModel | None = None
+        self._pool_lock = threading.Lock()
         self.error: str | None = None
 
     def submit(
         self, model: mujoco.MjModel, data: mujoco.MjData, stamp: float, camera: bool, cloud: bool
     ) -> None:
-        """Queue a copy of ``data`` for rendering; replaces a snapshot not yet rendered."""
-        snap = mujoco.MjData(model)
+        """Queue a copy of ``data`` for rendering; replaces a snapshot not yet rendered.
+
+        Runs on the control tick, so it copies into a recycled ``MjData`` (a copy costs microseconds,
+        a new ``MjData`` most of a millisecond).
+        """
+        snap = self._take_buffer(model)
         mujoco.mj_copyData(snap, model, data)
         item = _Snapshot(model, snap, stamp, camera, cloud)
         try:
             self._queue.put_nowait(item)
         except queue.Full:
             try:
-                self._queue.get_nowait()
+                self._give_back(self._queue.get_nowait())
                 self.dropped += 1
             except queue.Empty:
                 pass
             self._queue.put_nowait(item)
 
+    def _take_buffer(self, model: mujoco.MjModel) -> mujoco.MjData:
+        with self._pool_lock:
+            if self._pool_model is not model:  # a reset built a new model: old buffers do not fit
+                self._pool, self._pool_model = [], model
+            return self._pool.pop() if self._pool else mujoco.MjData(model)
+
+    def _give_back(self, snap: _Snapshot | None) -> None:
+        if snap is None:
+            return
+        with self._pool_lock:
+            if snap.model is self._pool_model:
+                self._pool.append(snap.data)
+
     def stop(self) -> None:
         with contextlib.suppress(queue.Empty):
-            self._queue.get_nowait()  # drop a pending snapshot so the stop sentinel always fits
+            self._give_back(self._queue.get_nowait())  # make room so the stop sentinel always fits
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(None)
         self.join(timeout=5.0)
@@ -99,6 +119,7 @@ class SensorPublisher(threading.Thread):
                     self._publish_images(snap)
                 if snap.cloud:
                     self._publish_cloud(snap)
+                self._give_back(snap)
         except Exception as err:  # a dead sensor thread must be visible, not silent
             self.error = f"{type(err).__name__}: {err}"
         finally:
