@@ -62,6 +62,7 @@ demo: setup
 
 bench: setup
 	$(VENV)/bin/dexhier bench twin --json
+	$(VENV)/bin/dexhier bench lowlevel --json
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -141,6 +141,22 @@ def cmd_collect_expert(args: argparse.Namespace) -> int:
     return 0
 
 
+_LOWLEVEL_FLAGS = ("checkpoint", "goal_source", "steps", "sampler", "cfg_lambda", "exec_steps",
+                   "temporal_ensemble", "lookahead", "tool_noise")  # fmt: skip
+
+
+def _policy_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The low-level policy's options from the eval flags (only flags the user gave)."""
+    given = {k: getattr(args, k, None) for k in _LOWLEVEL_FLAGS}
+    given = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items() if v is not None}
+    if args.policy != "lowlevel":
+        if given:
+            raise ValueError(f"--{next(iter(given)).replace('_', '-')} applies to --policy lowlevel only")
+        return {}
+    given.setdefault("checkpoint", str(DEFAULT_LOWLEVEL))
+    return given
+
+
 def _run_eval(args: argparse.Namespace, command: str) -> dict[str, Any]:
     from dexhier.evaluation import EvalRequest, format_table, iter_results, summarize, write_report
 
@@ -152,12 +168,13 @@ def _run_eval(args: argparse.Namespace, command: str) -> dict[str, Any]:
         workers=args.workers,
         video_dir=args.video,
         videos=args.videos,
+        options=_policy_options(args),
     )
-    results = _gather(iter_results(req), req.episodes, f"eval {req.policy} {req.task}")
+    results = _gather(iter_results(req), req.episodes, f"eval {req.label} {req.task}")
     summary = summarize(req, results)
     print(format_table(summary))
-    videos = sorted(Path(req.video_dir).glob(f"{req.task}_{req.policy}_seed*.mp4")) if req.video_dir else []
-    report = args.report or Path("out") / "eval" / f"{req.policy}_{req.task}.md"
+    videos = sorted(Path(req.video_dir).glob(f"{req.task}_{req.label}_seed*.mp4")) if req.video_dir else []
+    report = args.report or Path("out") / "eval" / f"{req.label}_{req.task}.md"
     write_report(summary, report, command, videos)
     summary["report"] = str(report)
     summary["videos"] = [str(v) for v in videos]
@@ -212,6 +229,50 @@ def cmd_train_affordance(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_LOWLEVEL = Path("checkpoints/lowlevel")
+
+
+def cmd_train_lowlevel(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from policies.low_level.config import PolicyConfig
+    from policies.low_level.training import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rank = int(os.environ.get("RANK", "0"))
+    policy = PolicyConfig(diffusion=args.diffusion, steps=3 if args.diffusion == "edm" else 100)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, policy=policy,
+                      checkpoint_every=args.checkpoint_every)  # fmt: skip
+    missing = [str(d) for d in args.data if not (Path(d) / "dataset.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"not an episode dataset (no dataset.json): {', '.join(missing)}")
+    if rank == 0:
+        print(f"training the low-level policy ({cfg.policy.diffusion}) into {args.out}: {cfg.steps} steps, "
+              f"batch {cfg.batch_size} per process, data {', '.join(map(str, args.data))}")  # fmt: skip
+    log = (lambda m: tqdm.write(m, file=sys.stderr)) if rank == 0 else (lambda m: None)
+    # In a log file (no TTY) the bar still reports, every 30 s, so that long runs show progress.
+    with tqdm(total=cfg.steps, desc=f"train lowlevel {cfg.policy.diffusion}", unit="step", file=sys.stderr,
+              disable=rank != 0, mininterval=0.5 if sys.stderr.isatty() else 30) as bar:  # fmt: skip
+        result = train(args.data, args.out, cfg, log=log, bar=bar)
+    if rank != 0:
+        return 0
+    _print_figures(result, 24, 4)
+    from dexhier.checkpoints import update_manifest
+
+    manifest = update_manifest(
+        args.out,
+        "dexhier " + shlex.join(sys.argv[1:]),
+        cfg.seed,
+        {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()},
+    )
+    if manifest is not None:
+        print(f"recorded in {manifest}")
+    _emit(args, {"out": str(args.out), **result})
+    return 0
+
+
 def cmd_eval_affordance(args: argparse.Namespace) -> int:
     from perception.encoder import AffordanceEncoder
     from perception.evaluation import evaluate_synthetic, evaluate_twin, twin_clouds
@@ -237,6 +298,22 @@ def cmd_bench_affordance(args: argparse.Namespace) -> int:
 
     result = bench(AffordanceEncoder.load(args.checkpoint), repeats=args.repeats)
     _print_figures(result, 16, 3)
+    _emit(args, result)
+    return 0
+
+
+def cmd_bench_lowlevel(args: argparse.Namespace) -> int:
+    from dexhier.lowlevel_bench import bench_lowlevel
+
+    for ckpt in (args.checkpoint, args.peer):
+        if ckpt is not None and not (ckpt / "config.json").is_file():
+            raise FileNotFoundError(f"no checkpoint at {ckpt} (config.json missing)")
+    result = bench_lowlevel(
+        args.checkpoint, args.peer, repeats=args.repeats, peer_repeats=args.peer_repeats, task=args.task,
+        episodes=args.episodes, seed=args.seed, workers=args.workers,
+        progress=lambda m: print(f"bench: {m}", file=sys.stderr),
+    )  # fmt: skip
+    _print_figures(result, 32, 3)
     _emit(args, result)
     return 0
 
@@ -351,6 +428,45 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--video", type=Path, default=None, help="directory for MP4 videos of the episodes")
     er.add_argument("--videos", type=int, default=0, help="record only the first N episodes (0 = all)")
     er.add_argument("--report", type=Path, default=None, help="markdown report path (default: out/eval/...)")
+    ll = er.add_argument_group("low-level policy (--policy lowlevel)")
+    ll.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help=f"policy checkpoint (default: {DEFAULT_LOWLEVEL}; checkpoints/lowlevel_ddpm is the peer)",
+    )
+    ll.add_argument(
+        "--goal-source",
+        choices=("oracle",),
+        default=None,
+        help="oracle: subgoal frames of the expert's rollout of the same seed (default)",
+    )
+    ll.add_argument(
+        "--steps", type=_positive, default=None, help="denoising steps (default: the checkpoint's)"
+    )
+    ll.add_argument(
+        "--sampler",
+        choices=("ddim", "heun", "euler_ancestral", "dpmpp_2m"),
+        default=None,
+        help="EDM sampler (default: the checkpoint's, ddim)",
+    )
+    ll.add_argument(
+        "--cfg-lambda",
+        type=float,
+        default=None,
+        help="classifier-free guidance weight: 1 = conditional, 0 = goal-free (default: 1)",
+    )
+    ll.add_argument("--exec-steps", type=_positive, default=None, help="actions executed per chunk")
+    ll.add_argument(
+        "--temporal-ensemble",
+        action="store_true",
+        default=None,
+        help="replan every step and average overlapping chunks",
+    )
+    ll.add_argument("--lookahead", type=int, default=None, help="oracle goal lookahead, steps (default: 20)")
+    ll.add_argument(
+        "--tool-noise", type=float, default=None, help="noise on the measured tip gap, m (default: 0)"
+    )
     add_json(er)
     er.set_defaults(func=cmd_eval_rollout)
 
@@ -372,6 +488,26 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--seed", type=int, default=0, help="data and training seed (default: 0)")
     add_json(ta)
     ta.set_defaults(func=cmd_train_affordance)
+
+    tl = tr_sub.add_parser(
+        "lowlevel",
+        help="the goal-conditioned score-diffusion policy (BESO) or its DDPM peer",
+        description="Train the low-level policy on episode datasets (expert or teleop) with hindsight goals. "
+        "A checkpoint (EMA weights) and the training state are written every --checkpoint-every steps; "
+        "running the same command again resumes. Runs unchanged under torchrun --nproc_per_node N "
+        "(data parallel, gloo on CPU); --batch-size is per process.",
+    )
+    tl.add_argument("--data", type=Path, nargs="+", required=True, help="episode dataset directories")
+    tl.add_argument("--out", type=Path, required=True, help="checkpoint directory")
+    tl.add_argument("--diffusion", choices=("edm", "ddpm"), default="edm",
+                    help="edm = BESO (3 steps); ddpm = the DDPM-100 peer (default: edm)")  # fmt: skip
+    tl.add_argument("--steps", type=_positive, default=6000, help="optimizer steps (default: 6000)")
+    tl.add_argument("--batch-size", type=_positive, default=128, help="batch per process (default: 128)")
+    tl.add_argument("--checkpoint-every", type=_positive, default=500, help="steps (default: 500)")
+    tl.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    tl.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    add_json(tl)
+    tl.set_defaults(func=cmd_train_lowlevel)
 
     ea = ev_sub.add_parser(
         "affordance",
@@ -415,6 +551,27 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--repeats", type=_positive, default=200, help="timed repeats per cloud (default: 200)")
     add_json(ba)
     ba.set_defaults(func=cmd_bench_affordance)
+    bl = be_sub.add_parser(
+        "lowlevel",
+        help="low-level policy: chunk latency vs the DDPM-100 peer, success at 1/3/10 steps",
+        description="Latency of one action chunk (input checks, CNN encoding of observation and goal "
+        "images, all denoising passes) on one CPU thread: p50_ms / p99_ms at the checkpoint's steps (3), "
+        "ddpm100_p50_ms of the DDPM peer and speedup_vs_ddpm100. Then success with oracle goals on the "
+        "same seeded episodes at 1, 3 and 10 steps and of the peer (--episodes 0 skips it).",
+    )
+    bl.add_argument(
+        "--checkpoint", type=Path, default=DEFAULT_LOWLEVEL, help="BESO checkpoint (default: %(default)s)"
+    )
+    bl.add_argument("--peer", type=Path, default=Path("checkpoints/lowlevel_ddpm"),
+                    help="DDPM peer checkpoint (default: %(default)s)")  # fmt: skip
+    bl.add_argument("--repeats", type=_positive, default=300, help="timed chunks (default: 300)")
+    bl.add_argument("--peer-repeats", type=_positive, default=30, help="timed peer chunks (default: 30)")
+    bl.add_argument("--task", choices=tasks, default="tweezer_pick", help="task of the success part")
+    bl.add_argument("--episodes", type=int, default=20, help="episodes per setting (default: 20; 0 = none)")
+    bl.add_argument("--seed", type=int, default=1000, help="seed of episode 0 (default: 1000)")
+    bl.add_argument("--workers", type=_positive, default=2, help="parallel worker processes (default: 2)")
+    add_json(bl)
+    bl.set_defaults(func=cmd_bench_lowlevel)
     br = be_sub.add_parser(
         "ros",
         help="latency, control jitter and dropped commands of the ROS 2 graph",

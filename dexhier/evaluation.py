@@ -7,12 +7,13 @@ object and a short markdown report.
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import statistics
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +24,57 @@ WIDTH_BINS_MM: tuple[tuple[float, float], ...] = ((4, 10), (10, 16), (16, 22), (
 """Object-width bins (mm) of the success table; the last bin includes its upper edge."""
 
 
-def _make_expert(env: TwinEnv) -> RolloutPolicy:
+def _make_expert(env: TwinEnv, options: Any) -> RolloutPolicy:
     from sim.expert import ExpertPolicy
 
     return ExpertPolicy(env)
 
 
+def _expert_env(task: str, options: Any) -> TwinConfig:
+    return TwinConfig(task=task, render=False, points=False)
+
+
+def _lowlevel_options(options: dict[str, Any]) -> Any:
+    from dexhier.goal_rollout import LowLevelOptions
+
+    return LowLevelOptions(**options)
+
+
+def _make_lowlevel(env: TwinEnv, options: Any) -> RolloutPolicy:
+    from dexhier.goal_rollout import GoalConditionedPolicy
+
+    return GoalConditionedPolicy(env, options)
+
+
+def _lowlevel_env(task: str, options: Any) -> TwinConfig:
+    from dexhier.goal_rollout import env_config
+
+    return env_config(task, options)
+
+
 @dataclass(frozen=True)
 class PolicyEntry:
-    """A policy the evaluator can run: how to build it and whether it needs camera images."""
+    """A policy the evaluator can run.
 
-    factory: Callable[[TwinEnv], RolloutPolicy]
-    needs_images: bool
+    ``parse_options`` turns the request's option dict into the policy's typed options (checked in
+    the main process before any worker starts), ``env_config`` builds the twin config it needs
+    (cameras, image size) and ``factory`` builds it for an env.
+    """
+
+    factory: Callable[[TwinEnv, Any], RolloutPolicy]
+    env_config: Callable[[str, Any], TwinConfig]
     description: str
+    parse_options: Callable[[dict[str, Any]], Any] = lambda options: None
 
 
 POLICIES: dict[str, PolicyEntry] = {
-    "expert": PolicyEntry(_make_expert, needs_images=False, description="privileged scripted expert"),
+    "expert": PolicyEntry(_make_expert, _expert_env, description="privileged scripted expert"),
+    "lowlevel": PolicyEntry(
+        _make_lowlevel,
+        _lowlevel_env,
+        description="learned low-level policy (BESO or its DDPM peer) with --goal-source goals",
+        parse_options=_lowlevel_options,
+    ),
 }
 """Policies by name. Learned policies register here as they land."""
 
@@ -54,6 +89,8 @@ class EvalRequest:
     video_dir: Path | None = None
     videos: int = 0
     """Number of episodes (the first ones) to record when ``video_dir`` is set; 0 = all."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Policy options (e.g. the low level's checkpoint, steps, goal source); JSON-able."""
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -63,19 +100,27 @@ class EvalRequest:
             raise ValueError("episodes must be >= 1")
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
+        POLICIES[self.policy].parse_options(self.options)  # bad options fail here, not in a worker
+
+    @property
+    def label(self) -> str:
+        """Short name of the evaluated policy for file names (policy + checkpoint name)."""
+        ckpt = self.options.get("checkpoint")
+        return f"{self.policy}-{Path(ckpt).name}" if ckpt else self.policy
 
 
-_WORKER_ENV: dict[tuple[str, str], tuple[TwinEnv, RolloutPolicy]] = {}
+_WORKER_ENV: dict[str, tuple[TwinEnv, RolloutPolicy]] = {}
 
 
-def _episode(job: tuple[str, str, int, str | None]) -> EpisodeResult:
+def _episode(job: tuple[str, str, int, str | None, dict[str, Any]]) -> EpisodeResult:
     """Run one episode in this process, reusing the process's env and policy."""
-    policy_name, task, seed, video_path = job
-    key = (policy_name, task)
+    policy_name, task, seed, video_path, options = job
+    key = json.dumps([policy_name, task, options], sort_keys=True)
     if key not in _WORKER_ENV:
         entry = POLICIES[policy_name]
-        env = TwinEnv(TwinConfig(task=task, render=entry.needs_images, points=False))
-        _WORKER_ENV[key] = (env, entry.factory(env))
+        parsed = entry.parse_options(options)
+        env = TwinEnv(entry.env_config(task, parsed))
+        _WORKER_ENV[key] = (env, entry.factory(env, parsed))
     env, policy = _WORKER_ENV[key]
     if video_path is None:
         return run_episode(env, policy, seed)
@@ -92,8 +137,8 @@ def iter_results(req: EvalRequest) -> Iterator[EpisodeResult]:
         seed = req.seed + i
         video = None
         if req.video_dir is not None and (req.videos == 0 or i < req.videos):
-            video = str(Path(req.video_dir) / f"{req.task}_{req.policy}_seed{seed}.mp4")
-        jobs.append((req.policy, req.task, seed, video))
+            video = str(Path(req.video_dir) / f"{req.task}_{req.label}_seed{seed}.mp4")
+        jobs.append((req.policy, req.task, seed, video, dict(req.options)))
     if req.workers == 1:
         for job in jobs:
             yield _episode(job)
@@ -120,6 +165,7 @@ def summarize(req: EvalRequest, results: list[EpisodeResult]) -> dict[str, Any]:
     successes = sum(r.success for r in results)
     return {
         "policy": req.policy,
+        "options": dict(req.options),
         "task": req.task,
         "episodes": len(results),
         "seed": req.seed,

@@ -103,3 +103,9 @@ def camera_pose_key(camera: str) -> str:
 
 STEP_TIME = "time"
 """float64 scalar: time of the step, s, on the clock that was running (sim time in the twin)."""
+
+# --- Goals of the low-level policy ------------------------------------------------------------
+GOAL_RGB = "goal/rgb"
+"""uint8 (H, W, 3) goal (subgoal) image of the policy's goal camera."""
+GOAL_TOOL_TIP_GAP = "goal/tool/tip_gap"
+"""float64 (1,) goal tip gap of the tool, m."""

@@ -1,0 +1,96 @@
+"""Running the learned low-level policy in the twin with a goal source (the rollout adapter).
+
+:class:`GoalConditionedPolicy` gives the rollout loop the ``reset()`` / ``select_action(obs)``
+interface: at every reset it prepares the goal source for the episode's seed, and at every step it
+asks the source for the current goal and the low-level policy for the next joint targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dexhier import vocabulary as V
+from dexhier.oracle_goals import OracleConfig, OracleGoals
+from sim.twin import TwinConfig, TwinEnv
+
+GOAL_SOURCES = ("oracle",)
+"""Where goals come from: ``oracle`` = frames of the expert's rollout of the same seed."""
+
+
+@dataclass(frozen=True)
+class LowLevelOptions:
+    """Evaluation settings of the low-level policy; None keeps the checkpoint's value.
+
+    ``tool_noise`` is the std (m) of Gaussian noise added to the measured tip gap, to mimic
+    perception; 0 gives the policy the twin's measurement.
+    """
+
+    checkpoint: str = "checkpoints/lowlevel"
+    goal_source: str = "oracle"
+    steps: int | None = None
+    sampler: str | None = None
+    cfg_lambda: float | None = None
+    exec_steps: int | None = None
+    temporal_ensemble: bool | None = None
+    lookahead: int = OracleConfig.lookahead
+    tool_noise: float = 0.0
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.goal_source not in GOAL_SOURCES:
+            raise ValueError(f"unknown goal source {self.goal_source!r}; valid: {', '.join(GOAL_SOURCES)}")
+        if not (Path(self.checkpoint) / "config.json").is_file():
+            raise FileNotFoundError(f"no low-level checkpoint at {self.checkpoint} (config.json missing)")
+        if self.tool_noise < 0 or self.threads < 1:
+            raise ValueError("tool_noise must be >= 0 and threads >= 1")
+
+    def overrides(self) -> dict[str, Any]:
+        return {"steps": self.steps, "sampler": self.sampler, "cfg_lambda": self.cfg_lambda,
+                "exec_steps": self.exec_steps, "temporal_ensemble": self.temporal_ensemble}  # fmt: skip
+
+
+def env_config(task: str, options: LowLevelOptions) -> TwinConfig:
+    """The twin config the policy needs: its cameras at its image size, no point cloud."""
+    from dexhier.checkpoints import read_config
+    from policies.low_level.policy import CHECKPOINT_TYPE
+
+    pol = read_config(options.checkpoint, CHECKPOINT_TYPE)["config"]["policy"]
+    cams = tuple(dict.fromkeys([*pol["cameras"], pol["goal_camera"]]))
+    s = int(pol["image_size"])
+    return TwinConfig(task=task, render=True, points=False, cameras=cams, image_width=s, image_height=s)
+
+
+class GoalConditionedPolicy:
+    """Low-level policy + goal source, as a rollout policy for ``sim.rollout.run_episode``."""
+
+    def __init__(self, env: TwinEnv, options: LowLevelOptions) -> None:
+        import torch
+
+        from policies.low_level.policy import LowLevelPolicy
+
+        torch.set_num_threads(options.threads)
+        self.env, self.options = env, options
+        self.policy = LowLevelPolicy.load(options.checkpoint, **options.overrides())
+        oracle_cfg = replace(env.config, time_limit=None)
+        self.goals = OracleGoals(
+            oracle_cfg, self.policy.config.goal_camera, OracleConfig(lookahead=options.lookahead)
+        )
+        self._rng = np.random.default_rng(0)
+
+    def reset(self) -> None:
+        seed = int(self.env.episode_metadata()["seed"])
+        self.goals.prepare(seed)
+        self.policy.reset(seed)
+        self._rng = np.random.default_rng(seed)
+
+    def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        if self.options.tool_noise > 0:
+            obs = dict(obs)
+            obs[V.OBS_TOOL_TIP_GAP] = obs[V.OBS_TOOL_TIP_GAP] + self._rng.normal(
+                0, self.options.tool_noise, 1
+            )
+        return self.policy.select_action(obs, self.goals.goal(obs))

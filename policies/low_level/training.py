@@ -1,0 +1,262 @@
+"""Training the low-level policy (``dexhier train lowlevel``), on one process or under torchrun.
+
+Recipe: AdamW, linear warm-up then cosine decay, EMA of the weights (BESO: 0.999) used for
+evaluation and saved as the checkpoint; hindsight goals with whole-goal dropout for
+classifier-free guidance; independent random shift and colour jitter on observation and goal
+images; Gaussian noise on the measured tip gap (the affordance encoder's error at run time).
+
+Data parallel: under ``torchrun --nproc_per_node N`` (env ``WORLD_SIZE`` > 1) each rank draws its
+own batches and the gradients are averaged with an all-reduce (gloo on CPU, NCCL on GPUs); rank 0
+writes checkpoints. A checkpoint and the resumable training state are written every
+``checkpoint_every`` steps; running the same command again resumes from them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from dexhier.checkpoints import (
+    load_train_state,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    save_train_state,
+)
+from policies.low_level.config import PolicyConfig
+from policies.low_level.dataset import ChunkDataset, GoalSampling, augment_images
+from policies.low_level.diffusion import make_diffusion
+from policies.low_level.network import LowLevelNet
+from policies.low_level.policy import ACTION, GOAL_GAP, PROPRIO, LowLevelPolicy, build_net, images_to_tensor
+from policies.normalization import MinMaxNormalizer
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training recipe. Counts are optimizer steps or samples; lengths in m."""
+
+    steps: int = 6000
+    batch_size: int = 128
+    lr: float = 3e-4
+    weight_decay: float = 1e-3
+    warmup: int = 200
+    ema_decay: float = 0.999
+    checkpoint_every: int = 500
+    val_episodes: float = 0.05
+    """Fraction of episodes held out for the validation chunk error."""
+    gap_noise: float = 0.0003
+    """Std of the noise on the measured (and goal) tip gap, m."""
+    shift: int = 4
+    jitter: float = 0.2
+    goals: GoalSampling = field(default_factory=GoalSampling)
+    seed: int = 0
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
+        if not 0.0 <= self.val_episodes < 0.5:
+            raise ValueError("val_episodes must be in [0, 0.5)")
+
+    def recipe_key(self) -> str:
+        """What must match to resume: everything but the step budget and checkpoint period."""
+        doc = asdict(self)
+        doc.pop("steps"), doc.pop("checkpoint_every")
+        return json.dumps(doc, sort_keys=True, default=str)
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return (dist.get_rank() if world > 1 else 0), world
+
+
+class Trainer:
+    """One training run into ``out``; see the module docstring."""
+
+    def __init__(self, data: Sequence[str | Path], out: str | Path, cfg: TrainConfig) -> None:
+        self.cfg, self.out = cfg, Path(out)
+        self.rank, self.world = _dist_info()
+        full = ChunkDataset(data, cfg.policy)
+        n_val = int(round(cfg.val_episodes * full.num_episodes))
+        order = np.random.default_rng(cfg.seed).permutation(full.num_episodes)
+        self.train_set = ChunkDataset(data, cfg.policy, episodes=sorted(order[n_val:])) if n_val else full
+        self.val_set = ChunkDataset(data, cfg.policy, episodes=sorted(order[:n_val])) if n_val else None
+        self.layout = full.layout
+        del full
+        self.normalizer = MinMaxNormalizer.fit(
+            {
+                PROPRIO: self.train_set.proprio,
+                ACTION: self.train_set.actions,
+                GOAL_GAP: self.train_set.proprio[:, -1:],
+            }
+        )
+        torch.manual_seed(cfg.seed)
+        self.net = build_net(cfg.policy, self.layout)
+        self.ema = build_net(cfg.policy, self.layout)
+        self.ema.load_state_dict(self.net.state_dict())
+        self.ema.requires_grad_(False)
+        self.diffusion = make_diffusion(cfg.policy)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                     betas=(0.9, 0.999))  # fmt: skip
+        self.step = 0
+        self._resume()
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank + 7919 * self.step)
+        self.rng = np.random.default_rng([cfg.seed, self.rank, self.step])
+
+    # -------------------------------------------------------------------- state
+    def _resume(self) -> None:
+        state = load_train_state(self.out)
+        if state is None:
+            return
+        tensors, meta = state
+        if meta.get("recipe") != self.cfg.recipe_key():
+            raise ValueError(
+                f"{self.out} holds training state of another recipe or data; use a new --out or delete "
+                f"{self.out}/train_state.*"
+            )
+        self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        optimizer_from_tensors(self.opt, tensors, meta["optimizer"])
+        self.normalizer = MinMaxNormalizer.from_json(meta["normalizer"])
+        self.step = int(meta["step"])
+
+    def policy(self) -> LowLevelPolicy:
+        """The EMA weights as a policy (shares the EMA module)."""
+        return LowLevelPolicy(self.cfg.policy, self.layout, self.normalizer, self.ema, traced=False)
+
+    def save(self, metrics: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        self.policy().save(self.out, metrics)
+        opt_t, opt_meta = optimizer_to_tensors(self.opt)
+        tensors = {**{f"net.{k}": v for k, v in self.net.state_dict().items()},
+                   **{f"ema.{k}": v for k, v in self.ema.state_dict().items()}, **opt_t}  # fmt: skip
+        meta = {"step": self.step, "optimizer": opt_meta, "normalizer": self.normalizer.to_json(),
+                "recipe": self.cfg.recipe_key(), "world_size": self.world}  # fmt: skip
+        save_train_state(self.out, tensors, meta)
+
+    # -------------------------------------------------------------------- steps
+    def batch_tensors(self, batch: dict[str, np.ndarray], train: bool) -> dict[str, torch.Tensor]:
+        cfg, norm = self.cfg, self.normalizer
+        proprio, goal_gap = batch["proprio"].astype(np.float64), batch["goal_gap"].astype(np.float64)
+        if train and cfg.gap_noise > 0:
+            proprio[..., -1] += self.rng.normal(0, cfg.gap_noise, proprio.shape[:-1])
+            goal_gap += self.rng.normal(0, cfg.gap_noise, goal_gap.shape)
+        images = images_to_tensor(batch["images"])
+        goal_image = images_to_tensor(batch["goal_image"])
+        if train:
+            b, c = images.shape[:2]
+            images = augment_images(images.flatten(0, 1), cfg.shift, cfg.jitter, self.gen).view(images.shape)
+            goal_image = augment_images(goal_image, cfg.shift, cfg.jitter, self.gen)
+        f32 = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+        return {
+            "images": images,
+            "proprio": f32(norm.normalize(PROPRIO, proprio)),
+            "goal_image": goal_image,
+            "goal_gap": f32(norm.normalize(GOAL_GAP, goal_gap)),
+            "actions": f32(norm.normalize(ACTION, batch["actions"].astype(np.float64))),
+        }
+
+    def train_step(self) -> float:
+        cfg = self.cfg
+        self.net.train()
+        t = self.batch_tensors(self.train_set.sample(cfg.batch_size, self.rng, cfg.goals), train=True)
+        keep = torch.rand(cfg.batch_size, generator=self.gen) >= cfg.policy.goal_dropout
+        cond = self.net.encode(t["images"], t["proprio"], t["goal_image"], t["goal_gap"], keep)
+        loss = self.diffusion.loss(self.net, cond, t["actions"], self.gen)
+        lr = (
+            cfg.lr
+            * min(1.0, (self.step + 1) / cfg.warmup)
+            * 0.5
+            * (1 + math.cos(math.pi * self.step / cfg.steps))
+        )
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.world > 1:
+            _allreduce_gradients(self.net, self.world)
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+        self.opt.step()
+        self.step += 1
+        decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for pe, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
+                pe.lerp_(p, 1 - decay)
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validate(self, n: int = 256) -> dict[str, float]:
+        """Chunk error of 3-step samples of the EMA policy on held-out episodes (normalized units)."""
+        data = self.val_set or self.train_set
+        rng = np.random.default_rng(12345)
+        t = self.batch_tensors(data.sample(n, rng, self.cfg.goals), train=False)
+        self.ema.eval()
+        cond = self.ema.encode(t["images"], t["proprio"], t["goal_image"], t["goal_gap"])
+        shape = tuple(t["actions"].shape)
+        x = self.diffusion.sample(
+            self.ema, cond, shape, self.cfg.policy.steps, 1.0, torch.Generator().manual_seed(0)
+        )
+        err = (x - t["actions"]).abs()
+        return {"val_chunk_mae": float(err.mean()), "val_first_action_mae": float(err[:, 0].mean())}
+
+
+def _allreduce_gradients(net: LowLevelNet, world: int) -> None:
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    i = 0
+    for g in grads:
+        g.copy_(flat[i : i + g.numel()].view_as(g))
+        i += g.numel()
+
+
+def train(
+    data: Sequence[str | Path],
+    out: str | Path,
+    cfg: TrainConfig,
+    log: Callable[[str], None] = print,
+    bar: Any = None,
+) -> dict[str, Any]:
+    """Train (or resume) into ``out``; returns the final metrics. ``bar`` is a tqdm-like object."""
+    t0 = time.perf_counter()
+    trainer = Trainer(data, out, cfg)
+    log(f"data: {len(trainer.train_set)} training steps from {trainer.train_set.num_episodes} episodes, "
+        f"{trainer.val_set.num_episodes if trainer.val_set else 0} validation episodes; "
+        f"{sum(p.numel() for p in trainer.net.parameters()) / 1e6:.2f} M parameters; "
+        f"world size {trainer.world}")  # fmt: skip
+    if trainer.step:
+        log(f"resuming at step {trainer.step}")
+    if bar is not None:
+        bar.update(trainer.step)
+    metrics: dict[str, Any] = {}
+    losses: list[float] = []
+    while trainer.step < cfg.steps:
+        losses.append(trainer.train_step())
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+        if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:
+            metrics = {**trainer.validate(), "train_loss": float(np.mean(losses[-200:])),
+                       "step": trainer.step, "train_seconds": time.perf_counter() - t0,
+                       "world_size": trainer.world}  # fmt: skip
+            trainer.save(metrics)
+            log(f"step {trainer.step}: loss {metrics['train_loss']:.4f}, "
+                f"val chunk MAE {metrics['val_chunk_mae']:.4f} (normalized)")  # fmt: skip
+    if not metrics:
+        metrics = trainer.validate()
+    if trainer.world > 1:
+        dist.barrier()
+    return metrics
