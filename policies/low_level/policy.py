@@ -91,7 +91,10 @@ class LowLevelPolicy:
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{directory}: bad low-level policy config: {err}") from err
         net = build_net(config, layout)
-        missing, unexpected = net.load_state_dict(weights, strict=False)
+        try:
+            missing, unexpected = net.load_state_dict(weights, strict=False)
+        except RuntimeError as err:  # shapes differ from the config's
+            raise CheckpointError(f"{directory}: weights do not match the config: {err}") from err
         if missing or unexpected:
             raise CheckpointError(
                 f"{directory}: weights do not match the config (missing {missing[:3]}, "
