@@ -244,7 +244,8 @@ def cmd_train_lowlevel(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))
     policy = PolicyConfig(diffusion=args.diffusion, steps=3 if args.diffusion == "edm" else 100)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, policy=policy,
-                      checkpoint_every=args.checkpoint_every)  # fmt: skip
+                      checkpoint_every=args.checkpoint_every, balance_datasets=args.balance_datasets,
+                      shift=args.image_shift)  # fmt: skip
     missing = [str(d) for d in args.data if not (Path(d) / "dataset.json").is_file()]
     if missing:
         raise FileNotFoundError(f"not an episode dataset (no dataset.json): {', '.join(missing)}")
@@ -305,6 +306,8 @@ def cmd_bench_affordance(args: argparse.Namespace) -> int:
 def cmd_bench_lowlevel(args: argparse.Namespace) -> int:
     from dexhier.lowlevel_bench import bench_lowlevel
 
+    if args.no_peer:
+        args.peer = None
     for ckpt in (args.checkpoint, args.peer):
         if ckpt is not None and not (ckpt / "config.json").is_file():
             raise FileNotFoundError(f"no checkpoint at {ckpt} (config.json missing)")
@@ -504,6 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--steps", type=_positive, default=6000, help="optimizer steps (default: 6000)")
     tl.add_argument("--batch-size", type=_positive, default=128, help="batch per process (default: 128)")
     tl.add_argument("--checkpoint-every", type=_positive, default=500, help="steps (default: 500)")
+    tl.add_argument(
+        "--balance-datasets",
+        action="store_true",
+        help="draw each --data dataset equally often (default: each step equally often)",
+    )
+    tl.add_argument("--image-shift", type=int, default=4,
+                    help="random-shift augmentation, pixels (default: %(default)s)")  # fmt: skip
     tl.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     tl.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     add_json(tl)
@@ -564,8 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bl.add_argument("--peer", type=Path, default=Path("checkpoints/lowlevel_ddpm"),
                     help="DDPM peer checkpoint (default: %(default)s)")  # fmt: skip
+    bl.add_argument("--no-peer", action="store_true", help="leave the DDPM peer out")
     bl.add_argument("--repeats", type=_positive, default=300, help="timed chunks (default: 300)")
-    bl.add_argument("--peer-repeats", type=_positive, default=30, help="timed peer chunks (default: 30)")
+    bl.add_argument("--peer-repeats", type=_positive, default=50, help="timed peer chunks (default: 50)")
     bl.add_argument("--task", choices=tasks, default="tweezer_pick", help="task of the success part")
     bl.add_argument("--episodes", type=int, default=20, help="episodes per setting (default: 20; 0 = none)")
     bl.add_argument("--seed", type=int, default=1000, help="seed of episode 0 (default: 1000)")

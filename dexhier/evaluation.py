@@ -106,7 +106,12 @@ class EvalRequest:
     def label(self) -> str:
         """Short name of the evaluated policy for file names (policy + checkpoint name)."""
         ckpt = self.options.get("checkpoint")
-        return f"{self.policy}-{Path(ckpt).name}" if ckpt else self.policy
+        if not ckpt:
+            return self.policy
+        extra = "".join(
+            f"-{k}{v}" for k, v in sorted(self.options.items()) if k not in ("checkpoint", "goal_source")
+        )
+        return f"{self.policy}-{Path(ckpt).name}{extra}"
 
 
 _WORKER_ENV: dict[str, tuple[TwinEnv, RolloutPolicy]] = {}

@@ -45,8 +45,15 @@ class LowLevelOptions:
             raise ValueError(f"unknown goal source {self.goal_source!r}; valid: {', '.join(GOAL_SOURCES)}")
         if not (Path(self.checkpoint) / "config.json").is_file():
             raise FileNotFoundError(f"no low-level checkpoint at {self.checkpoint} (config.json missing)")
-        if self.tool_noise < 0 or self.threads < 1:
-            raise ValueError("tool_noise must be >= 0 and threads >= 1")
+        if self.tool_noise < 0 or self.threads < 1 or self.lookahead < 0:
+            raise ValueError("tool_noise and lookahead must be >= 0, threads >= 1")
+        from dexhier.checkpoints import read_config
+        from policies.low_level.config import PolicyConfig
+        from policies.low_level.policy import CHECKPOINT_TYPE
+
+        # Bad sampling overrides (e.g. exec_steps > horizon) fail here, before any worker starts.
+        doc = read_config(self.checkpoint, CHECKPOINT_TYPE)
+        PolicyConfig.from_json(doc["config"]["policy"]).with_overrides(**self.overrides())
 
     def overrides(self) -> dict[str, Any]:
         return {"steps": self.steps, "sampler": self.sampler, "cfg_lambda": self.cfg_lambda,
@@ -82,7 +89,10 @@ class GoalConditionedPolicy:
         self._rng = np.random.default_rng(0)
 
     def reset(self) -> None:
-        seed = int(self.env.episode_metadata()["seed"])
+        seed = self.env.episode_metadata()["seed"]
+        if seed is None:
+            raise RuntimeError("reset the env (env.reset(seed)) before the policy: the oracle needs the seed")
+        seed = int(seed)
         self.goals.prepare(seed)
         self.policy.reset(seed)
         self._rng = np.random.default_rng(seed)

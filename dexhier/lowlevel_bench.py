@@ -79,7 +79,7 @@ def bench_lowlevel(
     checkpoint: Path,
     peer: Path | None,
     repeats: int = 300,
-    peer_repeats: int = 30,
+    peer_repeats: int = 50,
     task: str = "tweezer_pick",
     episodes: int = 20,
     seed: int = 1000,

@@ -101,7 +101,8 @@ class OracleGoals:
         dist = np.linalg.norm(diff[:, :n_arm], axis=1) + cfg.hand_weight * np.linalg.norm(
             diff[:, n_arm:], axis=1
         )
-        self._progress = lo + int(np.argmin(dist))
+        # Ties go to the latest frame, so that a still stretch of the expert cannot hold progress.
+        self._progress = hi - int(np.argmin(dist[::-1]))
         g = min(self._progress + cfg.lookahead, len(ref.joints) - 1)
         return {V.GOAL_RGB: ref.images[g], V.GOAL_TOOL_TIP_GAP: np.array([ref.tip_gap[g]])}
 

@@ -561,8 +561,11 @@ def test_huge_network_outputs_are_clipped_to_the_limits(policy) -> None:
         policy.net.head.bias.mul_(1e4)
     chunk = policy.predict_chunk(observation(), goal_of(), torch.Generator().manual_seed(0))
     assert np.isfinite(chunk).all() and in_limits(chunk)
-    at_limit = np.isclose(chunk, LOWER) | np.isclose(chunk, UPPER)
-    assert at_limit.mean() > 0.5  # the raw outputs were far outside: the limits really clip
+    # Clipped to the training data's action range (inside the joint limits), as BESO does.
+    lo, hi = policy.normalizer.lo["action"], policy.normalizer.hi["action"]
+    assert np.all(chunk >= np.maximum(lo, LOWER) - 1e-9) and np.all(chunk <= np.minimum(hi, UPPER) + 1e-9)
+    at_limit = np.isclose(chunk, lo) | np.isclose(chunk, hi)
+    assert at_limit.mean() > 0.5  # the raw outputs were far outside: the clamp really acts
     policy.reset()
     for _ in range(5):
         a = policy.select_action(observation(), goal_of())

@@ -45,20 +45,20 @@ class ChunkDataset:
             raise ValueError("no dataset given")
         self.cfg = cfg
         layouts, chunks = [], []
-        for root in roots:
+        for source, root in enumerate(roots):
             ds = EpisodeDataset(root)
             layouts.append(RobotLayout.from_dataset_meta(ds.meta))
             for ep in ds:
                 if len(ep) < 2:
                     continue
-                chunks.append(self._load_episode(ep, root))
+                chunks.append({**self._load_episode(ep, root), "source": source})
         if not chunks:
             raise ValueError(f"no episodes with >= 2 steps in {list(map(str, roots))}")
         names = {(lay.arm_joints, lay.hand_joints) for lay in layouts}
         if len(names) != 1:
             raise ValueError(f"datasets have different joint names: {sorted(names)}")
-        lower = np.min([lay.lower for lay in layouts], axis=0)
-        upper = np.max([lay.upper for lay in layouts], axis=0)
+        lower = np.max([lay.lower for lay in layouts], axis=0)  # the limits every dataset respects
+        upper = np.min([lay.upper for lay in layouts], axis=0)
         self.layout = RobotLayout(layouts[0].arm_joints, layouts[0].hand_joints, tuple(lower), tuple(upper))
         if episodes is not None:
             chunks = [chunks[i] for i in episodes]
@@ -70,6 +70,10 @@ class ChunkDataset:
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         self.ep_start = np.repeat(starts, lengths)
         self.ep_end = np.repeat(starts + lengths - 1, lengths)
+        source = np.repeat([c["source"] for c in chunks], lengths)
+        # Sampling weights that give every dataset the same share of a batch (``balanced``).
+        counts = np.bincount(source)
+        self._balanced_p = 1.0 / (counts[source] * len(np.unique(source)))
 
     def _cams(self) -> list[str]:
         return sorted(set(self.cfg.cameras) | {self.cfg.goal_camera})
@@ -96,11 +100,17 @@ class ChunkDataset:
     def __len__(self) -> int:
         return len(self.proprio)
 
-    def sample(self, batch: int, rng: np.random.Generator, goals: GoalSampling) -> dict[str, np.ndarray]:
+    def sample(
+        self, batch: int, rng: np.random.Generator, goals: GoalSampling, balanced: bool = False
+    ) -> dict[str, np.ndarray]:
         """A batch: proprio (B, T_o, P), images (B, C, S, S, 3), goal_image (B, S, S, 3),
-        goal_gap (B, 1), actions (B, H, A); indices are clipped inside each sample's episode."""
+        goal_gap (B, 1), actions (B, H, A); indices are clipped inside each sample's episode.
+        ``balanced`` draws every dataset (``roots`` entry) equally often instead of every step."""
         cfg = self.cfg
-        idx = rng.integers(0, len(self), batch)
+        if balanced:
+            idx = rng.choice(len(self), batch, p=self._balanced_p)
+        else:
+            idx = rng.integers(0, len(self), batch)
         start, end = self.ep_start[idx, None], self.ep_end[idx, None]
         hist = np.clip(idx[:, None] + np.arange(-cfg.obs_horizon + 1, 1), start, None)
         chunk = np.minimum(idx[:, None] + np.arange(cfg.horizon), end)

@@ -37,6 +37,8 @@ class NetConfig:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
         if self.layers < 1 or not self.image_channels or self.keypoints < 1:
             raise ValueError("layers, image_channels and keypoints must be non-empty / >= 1")
+        if any(c % 8 for c in self.image_channels):
+            raise ValueError(f"image_channels must be multiples of 8 (GroupNorm), got {self.image_channels}")
 
     def to_json(self) -> dict:
         return asdict(self)

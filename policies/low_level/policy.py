@@ -51,7 +51,7 @@ class LowLevelPolicy:
 
     Build with :meth:`load` from a checkpoint directory, or directly from parts in training.
     ``traced`` runs inference through TorchScript traces of the network (same outputs, faster);
-    the traces are taken from the weights at first use, so keep it False while the weights change.
+    it is meant for fixed weights, so training uses the eager network.
     """
 
     def __init__(
@@ -169,7 +169,8 @@ class LowLevelPolicy:
         x = self.diffusion.sample(
             self._fast, cond, (1, cfg.horizon, self.layout.action_dim), cfg.steps, lam, generator
         )
-        actions = self.normalizer.denormalize(ACTION, x[0].double().numpy())
+        # Inside the training range (normalized [-1, 1]), as BESO clips to the data's min / max.
+        actions = self.normalizer.denormalize(ACTION, x[0].clamp(-1.0, 1.0).double().numpy())
         bad = ~np.isfinite(actions)
         if bad.any():  # never send NaN: hold the measured joint positions instead
             self.nonfinite_fallbacks += 1

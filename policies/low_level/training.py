@@ -58,6 +58,8 @@ class TrainConfig:
     shift: int = 4
     jitter: float = 0.2
     goals: GoalSampling = field(default_factory=GoalSampling)
+    balance_datasets: bool = False
+    """Draw each ``--data`` dataset equally often (else each step equally often)."""
     seed: int = 0
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
@@ -66,11 +68,15 @@ class TrainConfig:
             raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
         if not 0.0 <= self.val_episodes < 0.5:
             raise ValueError("val_episodes must be in [0, 0.5)")
+        if self.shift < 0 or self.jitter < 0 or self.warmup < 1:
+            raise ValueError("shift and jitter must be >= 0, warmup >= 1")
 
     def recipe_key(self) -> str:
         """What must match to resume: everything but the step budget and checkpoint period."""
         doc = asdict(self)
         doc.pop("steps"), doc.pop("checkpoint_every")
+        if not doc["balance_datasets"]:  # added later: absent from earlier training states
+            doc.pop("balance_datasets")
         return json.dumps(doc, sort_keys=True, default=str)
 
 
@@ -111,6 +117,8 @@ class Trainer:
                                      betas=(0.9, 0.999))  # fmt: skip
         self.step = 0
         self._resume()
+        # Dropout draws from the global generator: a different stream per rank and per resume.
+        torch.manual_seed(cfg.seed * 1_000_003 + self.rank * 7919 + self.step)
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank + 7919 * self.step)
         self.rng = np.random.default_rng([cfg.seed, self.rank, self.step])
 
@@ -171,7 +179,8 @@ class Trainer:
     def train_step(self) -> float:
         cfg = self.cfg
         self.net.train()
-        t = self.batch_tensors(self.train_set.sample(cfg.batch_size, self.rng, cfg.goals), train=True)
+        batch = self.train_set.sample(cfg.batch_size, self.rng, cfg.goals, cfg.balance_datasets)
+        t = self.batch_tensors(batch, train=True)
         keep = torch.rand(cfg.batch_size, generator=self.gen) >= cfg.policy.goal_dropout
         cond = self.net.encode(t["images"], t["proprio"], t["goal_image"], t["goal_gap"], keep)
         loss = self.diffusion.loss(self.net, cond, t["actions"], self.gen)
