@@ -509,10 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--checkpoint-every", type=_positive, default=500, help="steps (default: 500)")
     tl.add_argument(
         "--balance-datasets",
-        action="store_true",
-        help="draw each --data dataset equally often (default: each step equally often)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="draw each --data dataset equally often, else each step (default: balanced)",
     )
-    tl.add_argument("--image-shift", type=int, default=4,
+    tl.add_argument("--image-shift", type=int, default=1,
                     help="random-shift augmentation, pixels (default: %(default)s)")  # fmt: skip
     tl.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     tl.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")

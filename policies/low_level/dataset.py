@@ -22,6 +22,31 @@ from dexhier.episodes import EpisodeDataset
 from policies.low_level.config import PolicyConfig, RobotLayout
 
 
+def _cameras(cfg: PolicyConfig) -> list[str]:
+    return sorted(set(cfg.cameras) | {cfg.goal_camera})
+
+
+def _load_episode(cfg: PolicyConfig, ep, root) -> dict[str, np.ndarray]:
+    """One episode's proprio (T, P), actions sent (T, A) and camera images (T, S, S, 3)."""
+    s = cfg.image_size
+    out = {}
+    try:
+        out["proprio"] = np.concatenate(
+            [ep[V.OBS_ARM_QPOS], ep[V.OBS_HAND_QPOS], ep[V.OBS_TOOL_TIP_GAP].reshape(len(ep), 1)], axis=1
+        )
+        out["action"] = np.asarray(ep[V.ACTION])
+        for cam in _cameras(cfg):
+            img = ep[V.rgb_key(cam)]
+            if img.shape[1:] != (s, s, 3):
+                raise ValueError(
+                    f"{root}: {V.rgb_key(cam)} images are {img.shape[1:]}, the policy uses {s}x{s}"
+                )
+            out[cam] = img
+    except KeyError as err:
+        raise ValueError(f"{root}: episode {ep.index} lacks a key the policy needs: {err}") from err
+    return out
+
+
 @dataclass(frozen=True)
 class GoalSampling:
     """Hindsight goal offsets, in control steps after the sample's step."""
@@ -41,9 +66,31 @@ class ChunkDataset:
     """
 
     def __init__(self, roots: Sequence[str | Path], cfg: PolicyConfig, episodes: Sequence[int] | None = None):
+        layout, chunks = self._load(roots, cfg)
+        if episodes is not None:
+            chunks = [chunks[i] for i in episodes]
+        self._build(cfg, layout, chunks)
+
+    @classmethod
+    def split(
+        cls, roots: Sequence[str | Path], cfg: PolicyConfig, val_fraction: float, seed: int
+    ) -> tuple[ChunkDataset, ChunkDataset | None]:
+        """(train, validation) sets from one read of the data; episodes are assigned at random."""
+        layout, chunks = cls._load(roots, cfg)
+        n_val = int(round(val_fraction * len(chunks)))
+        order = np.random.default_rng(seed).permutation(len(chunks))
+
+        def make(idx: np.ndarray) -> ChunkDataset:
+            ds = cls.__new__(cls)
+            ds._build(cfg, layout, [chunks[i] for i in sorted(idx)])
+            return ds
+
+        return make(order[n_val:]), (make(order[:n_val]) if n_val else None)
+
+    @staticmethod
+    def _load(roots: Sequence[str | Path], cfg: PolicyConfig) -> tuple[RobotLayout, list[dict]]:
         if not roots:
             raise ValueError("no dataset given")
-        self.cfg = cfg
         layouts, chunks = [], []
         for source, root in enumerate(roots):
             ds = EpisodeDataset(root)
@@ -51,7 +98,7 @@ class ChunkDataset:
             for ep in ds:
                 if len(ep) < 2:
                     continue
-                chunks.append({**self._load_episode(ep, root), "source": source})
+                chunks.append({**_load_episode(cfg, ep, root), "source": source})
         if not chunks:
             raise ValueError(f"no episodes with >= 2 steps in {list(map(str, roots))}")
         names = {(lay.arm_joints, lay.hand_joints) for lay in layouts}
@@ -59,13 +106,14 @@ class ChunkDataset:
             raise ValueError(f"datasets have different joint names: {sorted(names)}")
         lower = np.max([lay.lower for lay in layouts], axis=0)  # the limits every dataset respects
         upper = np.min([lay.upper for lay in layouts], axis=0)
-        self.layout = RobotLayout(layouts[0].arm_joints, layouts[0].hand_joints, tuple(lower), tuple(upper))
-        if episodes is not None:
-            chunks = [chunks[i] for i in episodes]
+        return RobotLayout(layouts[0].arm_joints, layouts[0].hand_joints, tuple(lower), tuple(upper)), chunks
+
+    def _build(self, cfg: PolicyConfig, layout: RobotLayout, chunks: list[dict]) -> None:
+        self.cfg, self.layout = cfg, layout
         self.num_episodes = len(chunks)
         self.proprio = np.concatenate([c["proprio"] for c in chunks]).astype(np.float32)
         self.actions = np.concatenate([c["action"] for c in chunks]).astype(np.float32)
-        self.images = {cam: np.concatenate([c[cam] for c in chunks]) for cam in self._cams()}
+        self.images = {cam: np.concatenate([c[cam] for c in chunks]) for cam in _cameras(cfg)}
         lengths = np.array([len(c["proprio"]) for c in chunks])
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         self.ep_start = np.repeat(starts, lengths)
@@ -74,28 +122,6 @@ class ChunkDataset:
         # Sampling weights that give every dataset the same share of a batch (``balanced``).
         counts = np.bincount(source)
         self._balanced_p = 1.0 / (counts[source] * len(np.unique(source)))
-
-    def _cams(self) -> list[str]:
-        return sorted(set(self.cfg.cameras) | {self.cfg.goal_camera})
-
-    def _load_episode(self, ep, root) -> dict[str, np.ndarray]:
-        s = self.cfg.image_size
-        out = {}
-        try:
-            out["proprio"] = np.concatenate(
-                [ep[V.OBS_ARM_QPOS], ep[V.OBS_HAND_QPOS], ep[V.OBS_TOOL_TIP_GAP].reshape(len(ep), 1)], axis=1
-            )
-            out["action"] = np.asarray(ep[V.ACTION])
-            for cam in self._cams():
-                img = ep[V.rgb_key(cam)]
-                if img.shape[1:] != (s, s, 3):
-                    raise ValueError(
-                        f"{root}: {V.rgb_key(cam)} images are {img.shape[1:]}, the policy uses {s}x{s}"
-                    )
-                out[cam] = img
-        except KeyError as err:
-            raise ValueError(f"{root}: episode {ep.index} lacks a key the policy needs: {err}") from err
-        return out
 
     def __len__(self) -> int:
         return len(self.proprio)
