@@ -242,7 +242,9 @@ def cmd_train_lowlevel(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     rank = int(os.environ.get("RANK", "0"))
-    policy = PolicyConfig(diffusion=args.diffusion, steps=3 if args.diffusion == "edm" else 100)
+    policy = PolicyConfig(
+        diffusion=args.diffusion, steps=3 if args.diffusion == "edm" else 100, obs_horizon=args.obs_horizon
+    )
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, policy=policy,
                       checkpoint_every=args.checkpoint_every, balance_datasets=args.balance_datasets,
                       shift=args.image_shift)  # fmt: skip
@@ -513,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="draw each --data dataset equally often, else each step (default: balanced)",
     )
+    tl.add_argument("--obs-horizon", type=_positive, default=1,
+                    help="proprio history length, steps (default: %(default)s)")  # fmt: skip
     tl.add_argument("--image-shift", type=int, default=1,
                     help="random-shift augmentation, pixels (default: %(default)s)")  # fmt: skip
     tl.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")

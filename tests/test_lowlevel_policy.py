@@ -37,7 +37,7 @@ CAM_CODE = {"scene": 1, "wrist": 2}
 S = 64
 
 SMALL_NET = NetConfig(d_model=32, layers=1, heads=2, image_channels=(8, 8), keypoints=4)
-SMALL = PolicyConfig(net=SMALL_NET, horizon=8, exec_steps=4)
+SMALL = PolicyConfig(net=SMALL_NET, horizon=8, exec_steps=4, obs_horizon=2)  # history paths tested
 
 
 def small_train_config(steps: int = 2, **kw) -> TrainConfig:

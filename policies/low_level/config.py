@@ -20,7 +20,9 @@ class PolicyConfig:
         cameras: observation cameras (images at the current step only).
         goal_camera: camera of the goal image.
         image_size: square image side, pixels.
-        obs_horizon: T_o, proprio history length (steps).
+        obs_horizon: T_o, proprio history length (steps). 1 by default: with 2, the policy learned
+            to continue its own motion from the joint history and ignored the images entirely
+            (swapping observation or goal images did not change its chunk; it picked 0 of 8).
         horizon: H, predicted chunk length (steps).
         exec_steps: k, actions executed from each chunk before replanning (1 <= k <= H).
         temporal_ensemble: replan every step and average the overlapping chunks' predictions
@@ -37,7 +39,7 @@ class PolicyConfig:
     cameras: tuple[str, ...] = ("scene", "wrist")
     goal_camera: str = "scene"
     image_size: int = 64
-    obs_horizon: int = 2
+    obs_horizon: int = 1
     horizon: int = 16
     exec_steps: int = 8
     temporal_ensemble: bool = False

@@ -21,6 +21,9 @@ from dexhier import vocabulary as V
 from dexhier.episodes import EpisodeDataset
 from policies.low_level.config import PolicyConfig, RobotLayout
 
+_AUX_OBJECT = "privileged/object_pos"
+_AUX_TIP = "privileged/tip_center"
+
 
 def _cameras(cfg: PolicyConfig) -> list[str]:
     return sorted(set(cfg.cameras) | {cfg.goal_camera})
@@ -35,6 +38,13 @@ def _load_episode(cfg: PolicyConfig, ep, root) -> dict[str, np.ndarray]:
             [ep[V.OBS_ARM_QPOS], ep[V.OBS_HAND_QPOS], ep[V.OBS_TOOL_TIP_GAP].reshape(len(ep), 1)], axis=1
         )
         out["action"] = np.asarray(ep[V.ACTION])
+        # Optional ground truth of the twin for the auxiliary localization losses (absent in teleop data).
+        # A step's record is taken after its action: the state an image shows is the previous record's.
+        if _AUX_OBJECT in ep.keys and _AUX_TIP in ep.keys:
+            prev = np.maximum(np.arange(len(ep)) - 1, 0)
+            out["aux"] = np.concatenate([ep[_AUX_OBJECT][prev], ep[_AUX_TIP][prev]], axis=1)
+        else:
+            out["aux"] = np.full((len(ep), 6), np.nan)
         for cam in _cameras(cfg):
             img = ep[V.rgb_key(cam)]
             if img.shape[1:] != (s, s, 3):
@@ -113,6 +123,8 @@ class ChunkDataset:
         self.num_episodes = len(chunks)
         self.proprio = np.concatenate([c["proprio"] for c in chunks]).astype(np.float32)
         self.actions = np.concatenate([c["action"] for c in chunks]).astype(np.float32)
+        self.aux = np.concatenate([c["aux"] for c in chunks]).astype(np.float32)
+        """(N, 6) object position and tool-tip centre (m) that each step's images show; NaN if unknown."""
         self.images = {cam: np.concatenate([c[cam] for c in chunks]) for cam in _cameras(cfg)}
         lengths = np.array([len(c["proprio"]) for c in chunks])
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
@@ -148,6 +160,8 @@ class ChunkDataset:
             "goal_image": self.images[cfg.goal_camera][goal],
             "goal_gap": self.proprio[goal, -1:],
             "actions": self.actions[chunk],
+            "aux_object": self.aux[idx, :3],
+            "aux_goal_tip": self.aux[goal, 3:],
         }
 
 

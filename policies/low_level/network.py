@@ -151,6 +151,10 @@ class LowLevelNet(nn.Module):
         )
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, action_dim)
+        # Training-only heads: where the object is (from the observation images) and where the goal image
+        # puts the tool tip (from the goal image token). They make the image encoder localize.
+        self.aux_object = nn.Linear(n_cameras * d, 3)
+        self.aux_goal_tip = nn.Linear(d, 3)
         nn.init.normal_(self.pos, std=0.02)
         nn.init.normal_(self.null_goal, std=0.02)
         nn.init.normal_(self.camera_emb, std=0.02)
@@ -186,6 +190,10 @@ class LowLevelNet(nn.Module):
         if goal_mask is not None:
             goal = torch.where(goal_mask.view(b, 1, 1), goal, self.null_goal.expand(b, -1, -1))
         return torch.cat([goal, obs_tok, self.proprio(proprio)], dim=1)
+
+    def auxiliary(self, cond: torch.Tensor, n_cameras: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted (object position, goal tool-tip position) (B, 3) each, normalized, from ``cond``."""
+        return self.aux_object(cond[:, 2 : 2 + n_cameras].flatten(1)), self.aux_goal_tip(cond[:, 0])
 
     def drop_goal(self, cond: torch.Tensor) -> torch.Tensor:
         """The same conditioning with the goal tokens replaced by the null goal (for CFG)."""
@@ -237,6 +245,10 @@ class InferenceNet:
     def encode(self, obs_images, proprio, goal_image, goal_gap, goal_mask=None) -> torch.Tensor:
         images = lambda x: self._call("images", self.net.images, x)  # noqa: E731
         return self.net.encode_with(images, obs_images, proprio, goal_image, goal_gap, goal_mask)
+
+    def auxiliary(self, cond: torch.Tensor, n_cameras: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted (object position, goal tool-tip position) (B, 3) each, normalized, from ``cond``."""
+        return self.aux_object(cond[:, 2 : 2 + n_cameras].flatten(1)), self.aux_goal_tip(cond[:, 0])
 
     def drop_goal(self, cond: torch.Tensor) -> torch.Tensor:
         return self.net.drop_goal(cond)

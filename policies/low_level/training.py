@@ -61,6 +61,9 @@ class TrainConfig:
     (the first recipe, with 4 px, missed the object by that much and picked 0 of 8)."""
     jitter: float = 0.2
     goals: GoalSampling = field(default_factory=GoalSampling)
+    aux_weight: float = 0.5
+    """Weight of the auxiliary localization losses (object position from the observation images, tool
+    tip from the goal image; twin data only). Without them the policy ignored its images."""
     balance_datasets: bool = True
     """Draw each ``--data`` dataset equally often (else each step equally often)."""
     seed: int = 0
@@ -96,11 +99,16 @@ class Trainer:
         self.rank, self.world = _dist_info()
         self.train_set, self.val_set = ChunkDataset.split(data, cfg.policy, cfg.val_episodes, cfg.seed)
         self.layout = self.train_set.layout
+        aux = self.train_set.aux
+        known = np.isfinite(aux).all(1)
+        aux_stats = aux[known] if known.any() else np.zeros((1, 6))
         self.normalizer = MinMaxNormalizer.fit(
             {
                 PROPRIO: self.train_set.proprio,
                 ACTION: self.train_set.actions,
                 GOAL_GAP: self.train_set.proprio[:, -1:],
+                "aux_object": aux_stats[:, :3],
+                "aux_goal_tip": aux_stats[:, 3:],
             }
         )
         torch.manual_seed(cfg.seed)
@@ -180,6 +188,8 @@ class Trainer:
         keep = torch.rand(cfg.batch_size, generator=self.gen) >= cfg.policy.goal_dropout
         cond = self.net.encode(t["images"], t["proprio"], t["goal_image"], t["goal_gap"], keep)
         loss = self.diffusion.loss(self.net, cond, t["actions"], self.gen)
+        if cfg.aux_weight > 0:
+            loss = loss + cfg.aux_weight * self._aux_loss(cond, batch, keep)
         lr = (
             cfg.lr
             * min(1.0, (self.step + 1) / cfg.warmup)
@@ -200,6 +210,19 @@ class Trainer:
             for pe, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
                 pe.lerp_(p, 1 - decay)
         return float(loss.detach())
+
+    def _aux_loss(self, cond: torch.Tensor, batch: dict[str, np.ndarray], keep: torch.Tensor) -> torch.Tensor:
+        obj_pred, tip_pred = self.net.auxiliary(cond, len(self.cfg.policy.cameras))
+        loss = cond.new_zeros(())
+        for pred, key, mask in ((obj_pred, "aux_object", None), (tip_pred, "aux_goal_tip", keep)):
+            target = self.normalizer.normalize(key, batch[key].astype(np.float64))
+            target = torch.as_tensor(target, dtype=torch.float32)
+            ok = torch.isfinite(target).all(1)
+            if mask is not None:
+                ok &= mask  # a dropped goal has no image to localize from
+            if ok.any():
+                loss = loss + torch.nn.functional.mse_loss(pred[ok], target[ok])
+        return loss
 
     @torch.no_grad()
     def validate(self, n: int = 256) -> dict[str, float]:
