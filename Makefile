@@ -62,7 +62,7 @@ demo: setup
 
 bench: setup
 	$(VENV)/bin/dexhier bench twin --json
-	$(VENV)/bin/dexhier bench lowlevel --json
+	$(VENV)/bin/dexhier bench lowlevel --episodes 0 --json
 
 lint: setup
 	$(VENV)/bin/ruff check .
