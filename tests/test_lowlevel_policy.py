@@ -252,7 +252,7 @@ def test_train_writes_a_checkpoint(trained) -> None:
     np.testing.assert_allclose(doc["config"]["robot"]["lower"], LOWER)
     assert doc["metrics"]["step"] == 2
     stats = json.loads((out / "normalization.json").read_text())
-    assert set(stats) == {"proprio", "action", "goal_gap"}
+    assert set(stats) == {"proprio", "action", "goal_gap", "aux_object", "aux_goal_tip"}
     assert len(stats["action"]["min"]) == A and len(stats["proprio"]["min"]) == A + 1
     assert metrics["step"] == 2 and metrics["world_size"] == 1
     assert np.isfinite(metrics["train_loss"]) and np.isfinite(metrics["val_chunk_mae"])
