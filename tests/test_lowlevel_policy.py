@@ -26,7 +26,7 @@ from dexhier.episodes import EpisodeWriter
 from policies.low_level import CHECKPOINT_TYPE, LowLevelPolicy, PolicyConfig
 from policies.low_level.dataset import ChunkDataset, GoalSampling
 from policies.low_level.network import NetConfig
-from policies.low_level.training import TrainConfig, train
+from policies.low_level.training import TrainConfig, Trainer, train
 
 A = len(V.ARM_JOINTS) + len(V.HAND_JOINTS)
 N_ARM = len(V.ARM_JOINTS)
@@ -740,3 +740,44 @@ def test_goal_conditioned_policy_in_the_twin(trained) -> None:
         gp.goals.close()
     finally:
         env.close()
+
+
+# ----------------------------------------------------------------------------- auxiliary losses
+def _with_ground_truth(root: Path) -> Path:
+    """A dataset whose steps also carry the twin's ground truth (object and tool-tip positions)."""
+    w = EpisodeWriter(root, dataset_meta())
+    for e, n in enumerate(LENGTHS[:2]):
+        with w.begin(e, {"task": "synthetic"}) as rec:
+            for t in range(n):
+                q = joints(e, t)
+                step = {V.STEP_TIME: 0.05 * t, V.OBS_ARM_QPOS: q[:N_ARM], V.OBS_HAND_QPOS: q[N_ARM:],
+                        V.OBS_TOOL_TIP_GAP: np.array([tip_gap(e, t)]), V.ACTION: q, V.ACTION_REQUEST: q,
+                        "privileged/object_pos": np.array([0.5 + 0.01 * e, 0.0, 0.005]),
+                        "privileged/tip_center": np.array([0.4, 0.001 * t, 0.1])}  # fmt: skip
+                for cam in V.CAMERAS:
+                    step[V.rgb_key(cam)] = image(e, t, cam)
+                rec.add_step(step)
+            rec.commit(True)
+    return root
+
+
+def test_auxiliary_targets_are_the_state_the_images_show(tmp_path) -> None:
+    ds = ChunkDataset([_with_ground_truth(tmp_path / "gt")], SMALL)
+    assert np.isfinite(ds.aux).all()
+    # A step's ground truth is recorded after its action: the images of step t show record t - 1.
+    np.testing.assert_allclose(ds.aux[:3, 4], [0.0, 0.0, 0.001], atol=1e-7)
+    without = ChunkDataset([write_dataset(tmp_path / "plain")], SMALL)
+    assert np.isnan(without.aux).all()  # e.g. teleop data: the losses are skipped
+
+
+def test_auxiliary_losses_train_the_heads_and_are_skipped_without_ground_truth(tmp_path) -> None:
+    root = _with_ground_truth(tmp_path / "gt")
+    trainer = Trainer([root], tmp_path / "out", small_train_config(steps=3))
+    before = trainer.net.aux_object.weight.detach().clone()
+    trainer.train_step()
+    assert not torch.equal(before, trainer.net.aux_object.weight)  # the heads get gradients
+    plain = Trainer([write_dataset(tmp_path / "plain")], tmp_path / "out2", small_train_config(steps=3))
+    before = plain.net.aux_object.weight.detach().clone()
+    loss = plain.train_step()
+    assert np.isfinite(loss)
+    assert torch.equal(before, plain.net.aux_object.weight)  # no ground truth: no auxiliary gradient
