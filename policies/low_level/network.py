@@ -221,9 +221,9 @@ class _Denoise(nn.Module):
 class InferenceNet:
     """A :class:`LowLevelNet` for inference with TorchScript-traced, frozen image encoder and denoiser.
 
-    Tracing removes most of the Python overhead of a pass (0.92 -> 0.52 ms per pass measured on
-    the CPU, in a micro-benchmark beside other load). One trace is kept per input shape. Same interface as the net (``encode``, ``denoise``,
-    ``drop_goal``); outputs equal the eager net's.
+    Tracing removes most of the Python overhead of a pass (0.92 -> 0.52 ms per pass, measured on
+    the CPU in a micro-benchmark beside other load). One trace is kept per input shape. Same
+    interface as the net (``encode``, ``denoise``, ``drop_goal``); outputs equal the eager net's.
     """
 
     def __init__(self, net: LowLevelNet) -> None:
