@@ -620,9 +620,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_json(de)
     de.set_defaults(func=cmd_demo)
 
+    from dexhier.dataset_cli import add_dataset_parser
     from dexhier.launch.cli import add_launch_parser
+    from dexhier.teleop.cli import add_teleop_parser
 
     add_launch_parser(sub, _Parser)
+    add_teleop_parser(sub, _Parser, tasks)
+    add_dataset_parser(sub, _Parser)
     return p
 
 
@@ -631,8 +635,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, FileNotFoundError, FileExistsError) as err:
-        print(f"dexhier: error: {err}", file=sys.stderr)
+    except (ValueError, RuntimeError, OSError, KeyError) as err:
+        # KeyError's text is the repr of its argument; show the message itself.
+        text = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"dexhier: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dexhier: interrupted", file=sys.stderr)

@@ -115,7 +115,7 @@ def _check_version(doc: Mapping[str, Any], path: Path) -> None:
         )
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -123,14 +123,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def write_durably(path: Path, data: bytes) -> None:
     with open(path, "xb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
 
-def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Write an ``np.load``-compatible compressed npz (as ``np.savez_compressed`` does) and fsync it.
 
     The zip is written here rather than with ``np.savez_compressed(f, **arrays)`` because that call
@@ -205,9 +205,9 @@ class EpisodeWriter:
             created_at = datetime.now(UTC).isoformat(timespec="seconds")
             doc = {"format_version": FORMAT_VERSION, "created_at": created_at, "meta": meta}
             tmp = self.root / f"{TMP_PREFIX}{DATASET_FILE}-{uuid.uuid4().hex[:12]}"
-            _write_durably(tmp, _dumps(doc).encode("utf-8"))
+            write_durably(tmp, _dumps(doc).encode("utf-8"))
             os.replace(tmp, path)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         self.episodes_dir.mkdir(exist_ok=True)
         self.meta: dict[str, Any] = doc["meta"]
         """The dataset meta as stored in ``dataset.json``."""
@@ -292,6 +292,16 @@ class EpisodeRecorder:
             self._buffer[key].append(arrays[key])
         self._num_steps += 1
 
+    def stacked(self, start: int = 0) -> dict[str, np.ndarray]:
+        """Steps ``start`` .. ``num_steps - 1`` as key -> array ``(num_steps - start, *shape)`` (copies)."""
+        self._check_open()
+        if not 0 <= start <= self._num_steps:
+            raise IndexError(f"start {start} out of range for {self._num_steps} steps")
+        return {
+            key: np.stack(values[start:]) if start < self._num_steps else np.empty((0, *shape), dtype)
+            for (key, values), (shape, dtype) in zip(self._buffer.items(), self._spec.values(), strict=True)
+        }
+
     def commit(self, success: bool, meta: Mapping[str, Any] | None = None) -> Path:
         """Write the episode atomically and close the recorder; return its directory.
 
@@ -321,16 +331,16 @@ class EpisodeRecorder:
         tmp = self.path.parent / f"{TMP_PREFIX}{self.path.name}-{uuid.uuid4().hex[:12]}"
         tmp.mkdir()
         try:
-            _write_npz(tmp / STEPS_FILE, arrays)
-            _write_durably(tmp / EPISODE_FILE, text.encode("utf-8"))
-            _fsync_dir(tmp)
+            write_npz(tmp / STEPS_FILE, arrays)
+            write_durably(tmp / EPISODE_FILE, text.encode("utf-8"))
+            fsync_dir(tmp)
             if self.path.exists():
                 raise FileExistsError(f"episode {self.index} already exists at {self.path}")
             os.replace(tmp, self.path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self.discard()
         return self.path
 

@@ -109,3 +109,39 @@ GOAL_RGB = "goal/rgb"
 """uint8 (H, W, 3) goal (subgoal) image of the policy's goal camera."""
 GOAL_TOOL_TIP_GAP = "goal/tool/tip_gap"
 """float64 (1,) goal tip gap of the tool, m."""
+
+# --- Teleop recordings ------------------------------------------------------------------------
+STEP_WALL_TIME = "time/wall"
+"""float64 scalar: wall-clock (UNIX) time of the step, s; teleop recordings."""
+TELEOP_LINEAR = "teleop/linear"
+"""float64 (3,) raw device request: tool-tip velocity as a fraction of the maximum, base frame."""
+TELEOP_ANGULAR = "teleop/angular"
+"""float64 (3,) raw device request: angular velocity as a fraction of the maximum, base frame."""
+TELEOP_GRIP = "teleop/grip"
+"""float64 scalar: raw device request of the hand synergy, in [-1, 1], + opens."""
+TELEOP_CLUTCH = "teleop/clutch"
+"""bool scalar: the device's clutch (arm motion engaged)."""
+TELEOP_VALID = "teleop/valid"
+"""bool scalar: False when the device command was unusable (NaN, out of range) and ignored."""
+SAFETY_HELD = "safety/held"
+"""bool scalar: True when the safety supervisor forwarded no fresh command (hold, e-stop, reject)."""
+
+# --- Teleop topics (recorded to MCAP next to the episode) ------------------------------------------
+TOPIC_JOINT_STATES = "/joint_states"
+TOPIC_TELEOP_JOY = "/dexhier/teleop/joy"
+"""sensor_msgs/Joy: the raw device request (axes: linear xyz, angular xyz, grip; buttons: clutch)."""
+
+
+def command_topic(group: str) -> str:
+    """Topic of a policy's (or teleop's) raw joint request for ``group`` ("arm" or "hand")."""
+    return f"/dexhier/command/{group}"
+
+
+def controller_topic(group: str) -> str:
+    """Topic of the command the safety supervisor forwards to the ``group`` controller (JTC)."""
+    return f"/{group}_controller/joint_trajectory"
+
+
+def camera_topic(camera: str) -> str:
+    """Colour image topic of ``camera`` (the scene camera is ``/camera``, as DESIGN.md names it)."""
+    return "/camera/color/image_raw" if camera == "scene" else f"/{camera}_camera/color/image_raw"

@@ -167,6 +167,7 @@ class ExpertPolicy:
             self._s = float(np.clip(self._s, -0.3, 0.3))
             s_cmd = float(np.clip(self.s_for_gap(gap_goal) + self._s, 0.0, 1.0))
         hand_q = self._q_open + s_cmd * (self._q_closed - self._q_open)
+        self._s_cmd = s_cmd
         self._phase_time += dt
         return np.concatenate([arm_q, hand_q])
 
@@ -234,3 +235,13 @@ class ExpertPolicy:
     @property
     def phase(self) -> str:
         return self._phase
+
+    @property
+    def tip_target(self) -> tuple[np.ndarray, float]:
+        """The current tool-tip target: position (3,) m in the base frame and pinch-axis yaw (rad)."""
+        return self._target.copy(), self._yaw
+
+    @property
+    def posture(self) -> float:
+        """The last commanded pinch posture scalar (0 = open, 1 = closed)."""
+        return getattr(self, "_s_cmd", 0.0)

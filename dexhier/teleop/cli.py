@@ -1,0 +1,118 @@
+"""``dexhier teleop``: teleoperate the twin and record demonstrations."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DEVICE_HELP = (
+    "keyboard: a plain terminal, keys below; spacemouse: 3Dconnexion via pyspacemouse; gamepad: evdev; "
+    "handpose: hand keypoints on the ROS topic /dexhier/teleop/hand_keypoints (geometry_msgs/PoseArray, "
+    "21 points in the wrist frame) retargeted to the hand, arm from the keyboard; replay: a recorded "
+    "JSON Lines stream (--replay FILE) or the expert's motion as a scripted stream (--replay expert)."
+)
+
+
+def add_teleop_parser(sub: Any, parser_class: type[argparse.ArgumentParser], tasks: list[str]) -> None:
+    from dexhier.teleop.devices import DEVICE_KINDS, KEY_HELP
+
+    tp = sub.add_parser(
+        "teleop",
+        help="teleoperate the twin and record demonstrations",
+        description="Drive the MuJoCo twin with an input device (Cartesian arm control through IK, hand "
+        "synergies, a clutch, speed steps; the safety supervisor always in the loop) and record episodes "
+        "into a dataset in the episode format, plus one MCAP bag of the raw topics per episode. Recording "
+        "resumes into an existing dataset; journals left by a crash are recovered first, marked incomplete. "
+        "The status line shows the episode, its duration, the loop rate and the disk space.",
+        epilog=f"devices: {DEVICE_HELP}\n\nkeyboard keys:\n{KEY_HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tp.add_argument(
+        "--device", choices=DEVICE_KINDS, default="keyboard", help="input device (default: keyboard)"
+    )
+    tp.add_argument("--task", choices=tasks, required=True, help="the task laid out in the twin")
+    tp.add_argument("--out", type=Path, required=True, help="dataset directory (created or resumed)")
+    tp.add_argument("--replay", help="with --device replay: a JSON Lines stream, or 'expert' (scripted)")
+    tp.add_argument("--save-stream", type=Path, help="with --replay expert: also write the stream here")
+    tp.add_argument(
+        "--episodes", type=int, help="stop after this many episodes are kept (default: until quit)"
+    )
+    tp.add_argument("--seed", type=int, default=0, help="episode i is laid out with seed SEED+i (default: 0)")
+    tp.add_argument("--instruction", help="task instruction stored with each episode (default: the task's)")
+    tp.add_argument("--episode-time", type=float, default=60.0, help="episode time limit, s (default: 60)")
+    tp.add_argument(
+        "--speed", type=float, help="maximum tool-tip speed at full deflection, m/s (default: 0.3)"
+    )
+    tp.add_argument("--image-size", default="64x64", help="camera WIDTHxHEIGHT (default: 64x64)")
+    tp.add_argument("--no-bag", action="store_true", help="do not write MCAP bags")
+    tp.add_argument(
+        "--no-realtime", action="store_true", help="run as fast as possible (replayed streams only)"
+    )
+    tp.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    tp.set_defaults(func=cmd_teleop)
+
+
+def _device(args: argparse.Namespace, config: Any) -> Any:
+    from dexhier.teleop.devices import ReplayDevice, make_device
+
+    if args.device != "replay":
+        if args.replay or args.save_stream:
+            raise ValueError("--replay and --save-stream apply to --device replay only")
+        if args.no_realtime:
+            raise ValueError("--no-realtime applies to --device replay only (a person is in the loop)")
+        return make_device(args.device)
+    if not args.replay:
+        raise ValueError("--device replay needs --replay FILE or --replay expert")
+    if args.replay != "expert":
+        return ReplayDevice(Path(args.replay))
+    from dexhier.teleop.devices import write_replay
+    from dexhier.teleop.scripted import expert_stream
+
+    if args.episodes is None:
+        raise ValueError("--replay expert needs --episodes N")
+    records = list(expert_stream(args.task, args.seed, args.episodes, config))
+    if args.save_stream:
+        write_replay(args.save_stream, records)
+    return ReplayDevice.from_records(records)
+
+
+def cmd_teleop(args: argparse.Namespace) -> int:
+    from dexhier.teleop.control import TeleopConfig
+    from dexhier.teleop.session import SessionConfig, TeleopSession
+
+    try:
+        w, h = (int(v) for v in args.image_size.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--image-size {args.image_size!r}: use WIDTHxHEIGHT, e.g. 64x64") from None
+    teleop = TeleopConfig() if args.speed is None else TeleopConfig(max_linear_speed=args.speed)
+    config = SessionConfig(
+        task=args.task,
+        out=args.out,
+        seed=args.seed,
+        episodes=args.episodes,
+        instruction=args.instruction,
+        episode_time=args.episode_time,
+        image_size=(w, h),
+        realtime=not args.no_realtime,
+        bag=not args.no_bag,
+        teleop=teleop,
+    )
+    device = _device(args, teleop)
+    tty = sys.stderr.isatty()
+
+    def status(line: str) -> None:
+        if tty:  # one live line on a terminal; a log file gets no status spam
+            print(f"\r\x1b[2K{line}", end="", file=sys.stderr, flush=True)
+
+    def log(msg: str) -> None:
+        print(("\r\x1b[2K" if tty else "") + msg, file=sys.stderr, flush=True)
+
+    summary = TeleopSession(config, device, log=log, status=status).run()
+    kept = summary.saved
+    print(f"kept {kept} episodes in {args.out} ({summary.stop_reason})")
+    if args.json:
+        print(json.dumps(summary.to_json(), default=float))
+    return 0
