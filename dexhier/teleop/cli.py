@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -110,7 +111,16 @@ def cmd_teleop(args: argparse.Namespace) -> int:
     def log(msg: str) -> None:
         print(("\r\x1b[2K" if tty else "") + msg, file=sys.stderr, flush=True)
 
-    summary = TeleopSession(config, device, log=log, status=status).run()
+    try:
+        summary = TeleopSession(config, device, log=log, status=status).run()
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OSError(
+                err.errno,
+                f"{err.strerror} while recording into {args.out}: saved episodes are intact; free space, "
+                f"then run `dexhier dataset recover {args.out}` to keep the episode that was in flight",
+            ) from err
+        raise
     kept = summary.saved
     print(f"kept {kept} episodes in {args.out} ({summary.stop_reason})")
     if args.json:

@@ -186,3 +186,69 @@ class SpeedControl:
                 self.index = min(self.index + 1, len(self.config.speed_scales) - 1)
             elif ev is TeleopEvent.SPEED_DOWN:
                 self.index = max(self.index - 1, 0)
+
+
+class TeleopController:
+    """Device commands to joint requests (arm joints then hand joints, rad): what every teleop front end runs.
+
+    Combines `ArmTeleop`, `HandSynergy` and `SpeedControl`; hand keypoints, when the command has
+    them, are retargeted to the hand (`dexhier.teleop.retarget`) instead of the synergy. The twin
+    loop (`dexhier.teleop.session`) and the ROS teleop node both use it.
+
+    Args:
+        ik: the arm's tool-tip IK.
+        hand_names, hand_home, hand_lower, hand_upper: the hand's joints (action order), home
+            positions and limits (rad).
+    """
+
+    def __init__(
+        self,
+        ik: ArmIK,
+        hand_names: tuple[str, ...],
+        hand_home: np.ndarray,
+        hand_lower: np.ndarray,
+        hand_upper: np.ndarray,
+        config: TeleopConfig,
+    ) -> None:
+        self.config = config
+        self.arm = ArmTeleop(ik, config)
+        self.hand = HandSynergy(hand_names, hand_home, hand_lower, hand_upper, config)
+        self.speed = SpeedControl(config)
+        self._retargeter = None
+        self.retarget_errors = 0
+
+    def reset(self, arm_q: np.ndarray) -> None:
+        """New episode (or after an e-stop): anchor at the measured arm joints, open synergy."""
+        self.arm.reset(arm_q)
+        self.hand.reset()
+
+    def reanchor(self, arm_q: np.ndarray) -> None:
+        """Move the arm target to the measured arm joints ``arm_q``; the hand is unchanged."""
+        self.arm.reset(arm_q)
+
+    def apply_events(self, events: tuple[TeleopEvent, ...]) -> None:
+        """Speed steps and hand-mode toggles; other events belong to the front end."""
+        self.speed.apply(events)
+        for ev in events:
+            if ev is TeleopEvent.HAND_MODE:
+                self.hand.toggle_mode()
+
+    def request(self, cmd: DeviceCommand) -> np.ndarray:
+        """The joint request (arm then hand, rad) for one control period of a valid ``cmd``."""
+        arm_q = self.arm.step(cmd, self.speed.scale)
+        return np.concatenate([arm_q, self._hand(cmd)])
+
+    def _hand(self, cmd: DeviceCommand) -> np.ndarray:
+        if cmd.hand_keypoints is None:
+            return self.hand.step(cmd.grip)
+        if self._retargeter is None:
+            from dexhier.teleop.retarget import HandRetargeter
+
+            self._retargeter = HandRetargeter()
+        try:
+            q = self._retargeter.retarget(np.asarray(cmd.hand_keypoints, dtype=np.float64))
+        except ValueError:  # unusable keypoints: keep the synergy's posture
+            self.retarget_errors += 1
+            return self.hand.posture()
+        order = {n: i for i, n in enumerate(self._retargeter.joint_names)}
+        return np.array([q[order[n]] for n in self.hand.names])

@@ -13,6 +13,7 @@ twin's clock, the time the messages would carry on the graph.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -90,8 +91,13 @@ class EpisodeBag:
         return self.final
 
     def discard(self) -> None:
-        self.writer.close()
+        self.close_quietly()
         self.path.unlink(missing_ok=True)
+
+    def close_quietly(self) -> None:
+        """Close the file, ignoring disk errors: the caller is already handling one."""
+        with contextlib.suppress(OSError):
+            self.writer.close()
 
 
 def _stamped(names: Sequence[str], q: np.ndarray, t: float):

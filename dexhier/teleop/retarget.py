@@ -259,9 +259,14 @@ class HandRetargeter:
             r_try = self._residual(q_try, target)
             e_try = self._objective(r_try, q_try, q_prev).sum()
             if e_try < e:
+                converged = np.abs(q_try - q).max() < 1e-6
                 q, r, e = q_try, r_try, e_try
+                if converged:
+                    break
                 J = self._jacobian()  # the data holds q_try's kinematics
                 mu = max(mu * 0.3, 1e-9)
+            elif mu > 1e3:  # even tiny steps do not help: a (local) minimum on the limits
+                break
             else:
                 mu *= 10.0
         return q, self._objective(r, q, q_prev), np.linalg.norm(r, axis=1)

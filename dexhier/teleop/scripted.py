@@ -13,11 +13,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
+from dexhier import vocabulary as V
 from dexhier.teleop.commands import TeleopEvent
 from dexhier.teleop.control import TeleopConfig
 from sim.expert import ExpertPolicy
-from sim.twin import TwinConfig, TwinEnv
+from sim.ik import ArmIK, tool_down_rotation
+from sim.twin import TwinConfig, TwinEnv, tcp_in_flange
 
 IDLE_GAP = 0.25
 """Seconds of idle input between two scripted episodes, s."""
@@ -40,18 +43,27 @@ def expert_episode_stream(
     scale = config.speed_scales[-1]
     vmax, wmax = config.max_linear_speed * scale, config.max_angular_speed * scale
     expert = ExpertPolicy(env)
-    env.reset(seed)
+    obs = env.reset(seed)
     expert.reset()
+    # Track the pose the teleop controller will hold (it starts at the forward kinematics of the
+    # measured arm), so every command steers that pose onto the expert's, without drift.
+    tcp_pos, tcp_rot = tcp_in_flange(env)
+    ik = ArmIK(env.config.cell, env.robot.arm_joints, tcp_pos, tcp_rot, dt=dt)
+    ik.reset(obs[V.OBS_ARM_QPOS])
+    pos, rot = ik.tcp_pose()
+    lo, hi = np.asarray(config.workspace_lower), np.asarray(config.workspace_upper)
     records: list[dict[str, Any]] = []
     s_teleop = 0.0
-    pos, yaw = expert.tip_target
     k = 0
     success = False
     while True:
         action = expert.select_action()
-        new_pos, new_yaw = expert.tip_target
-        linear = np.clip((new_pos - pos) / (vmax * dt), -1.0, 1.0)
-        yaw_rate = float(np.clip((new_yaw - yaw) / (wmax * dt), -1.0, 1.0))
+        goal_pos, goal_yaw = expert.tip_target
+        linear = np.clip((goal_pos - pos) / (vmax * dt), -1.0, 1.0)
+        pos = np.clip(pos + linear * vmax * dt, lo, hi)
+        rotvec = Rotation.from_matrix(tool_down_rotation(goal_yaw) @ rot.T).as_rotvec()
+        angular = np.clip(rotvec / (wmax * dt), -1.0, 1.0)
+        rot = Rotation.from_rotvec(angular * wmax * dt).as_matrix() @ rot
         # The synergy integrates grip; steer it onto the expert's posture without overshoot.
         grip = float(np.clip(-(expert.posture - s_teleop) / (config.synergy_speed * dt), -1.0, 1.0))
         s_teleop = float(np.clip(s_teleop - grip * config.synergy_speed * dt, 0.0, 1.0))
@@ -60,13 +72,12 @@ def expert_episode_stream(
             _record(
                 t0 + k * dt,
                 linear=linear.tolist(),
-                angular=[0.0, 0.0, yaw_rate],
+                angular=angular.tolist(),
                 grip=grip,
                 clutch=True,
                 events=events,
             )
         )
-        pos, yaw = new_pos, new_yaw
         _obs, _r, terminated, truncated, info = env.step(action)
         k += 1
         if terminated or truncated:

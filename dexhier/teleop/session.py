@@ -30,7 +30,7 @@ from dexhier.episode_journal import JournaledRecorder, Recovery, next_index, rec
 from dexhier.episodes import EpisodeWriter, episode_dirname
 from dexhier.safety import SafetyLimits, SafetySupervisor, Verdict
 from dexhier.teleop.commands import DeviceCommand, DeviceDisconnectedError, TeleopEvent
-from dexhier.teleop.control import ArmTeleop, HandSynergy, SpeedControl, TeleopConfig
+from dexhier.teleop.control import TeleopConfig, TeleopController
 from dexhier.teleop.devices import TeleopDevice
 from dexhier.teleop.episode_bag import EpisodeBag
 from sim.ik import ArmIK
@@ -164,36 +164,34 @@ class TeleopSession:
         self.limits = SafetyLimits.from_action_spec(
             spec, config.teleop.max_joint_velocity, stale_after=config.teleop.stale_after
         )
-        pos, rot = tcp_in_flange(self.env)
-        ik = ArmIK(self.env.config.cell, self.env.robot.arm_joints, pos, rot, dt=config.teleop.dt)
-        self.arm = ArmTeleop(ik, config.teleop)
-        r = self.env.robot
-        self.hand = HandSynergy(
-            r.hand_joints, r.home[r.n_arm :], spec.lower[r.n_arm :], spec.upper[r.n_arm :], config.teleop
-        )
-        self.speed = SpeedControl(config.teleop)
-        self._retargeter = None
+        self.controller: TeleopController | None = None
+        self._tcp_key: tuple | None = None
         self.summary = SessionSummary()
 
     # ------------------------------------------------------------------ scene
+    def _build_controller(self) -> None:
+        """(Re)build the IK when the tool-tip pose in the flange changed (it is known after a reset)."""
+        pos, rot = tcp_in_flange(self.env)
+        key = (tuple(np.round(pos, 6)), tuple(np.round(rot.ravel(), 6)))
+        if key == self._tcp_key:
+            return
+        env, cfg = self.env, self.config.teleop
+        r, spec = env.robot, env.action_spec
+        ik = ArmIK(env.config.cell, r.arm_joints, pos, rot, dt=cfg.dt)
+        speed = self.controller.speed.index if self.controller is not None else cfg.initial_speed
+        self.controller = TeleopController(
+            ik, r.hand_joints, r.home[r.n_arm :], spec.lower[r.n_arm :], spec.upper[r.n_arm :], cfg
+        )
+        self.controller.speed.index = speed
+        self._tcp_key = key
+
     def _reset_scene(self) -> dict[str, np.ndarray]:
         obs = self.env.reset(self._seed)
-        self.arm.reset(obs[V.OBS_ARM_QPOS])
-        self.hand.reset()
+        self._build_controller()
+        self.controller.reset(obs[V.OBS_ARM_QPOS])
         self.supervisor = SafetySupervisor(self.limits)
         self._last_sent = np.concatenate([obs[V.OBS_ARM_QPOS], obs[V.OBS_HAND_QPOS]])
         return obs
-
-    def _hand_targets(self, cmd: DeviceCommand) -> np.ndarray:
-        if cmd.hand_keypoints is None:
-            return self.hand.step(cmd.grip)
-        if self._retargeter is None:
-            from dexhier.teleop.retarget import HandRetargeter
-
-            self._retargeter = HandRetargeter()
-        q = self._retargeter.retarget(np.asarray(cmd.hand_keypoints, dtype=np.float64))
-        order = {n: i for i, n in enumerate(self._retargeter.joint_names)}
-        return np.array([q[order[n]] for n in self.env.robot.hand_joints])
 
     # -------------------------------------------------------------- episodes
     def _start(self) -> _Recording:
@@ -242,7 +240,7 @@ class TeleopSession:
                     f"{cfg.teleop.min_rate_fraction:.0%} of {cfg.teleop.control_hz:g} Hz; "
                     "marked rate_ok=false"
                 )
-            bag_path = ep.bag.save() if ep.bag is not None else None
+            bag_path = ep.bag.final if ep.bag is not None else None
             meta = {
                 "end_reason": reason,
                 "loop_rate_hz": mean_rate,
@@ -253,6 +251,11 @@ class TeleopSession:
                 "bag": str(bag_path.relative_to(cfg.out)) if bag_path is not None else None,
             }
             path = str(ep.rec.commit(success=outcome == "saved", meta=meta))
+            if ep.bag is not None:  # after the episode: a bag is never named final without its episode
+                try:
+                    ep.bag.save()
+                except OSError as err:
+                    self.log(f"warning: episode {ep.rec.index} is saved but its bag is not ({err})")
         summary = EpisodeSummary(ep.rec.index, outcome, steps, duration, mean_rate, rate_ok, reason, path)
         self.summary.episodes.append(summary)
         self.log(f"episode {ep.rec.index}: {outcome} ({reason}), {steps} steps, {duration:.1f} s")
@@ -265,6 +268,8 @@ class TeleopSession:
         try:
             self._finish(ep, "incomplete", reason)
         except OSError as err:
+            if ep.bag is not None:
+                ep.bag.close_quietly()
             self.log(
                 f"error: could not commit episode {ep.rec.index} ({err}); its journal keeps "
                 f"{ep.rec.flushed_steps} steps: run `dexhier dataset recover {self.config.out}` when fixed"
@@ -345,19 +350,16 @@ class TeleopSession:
         self, events: tuple[TeleopEvent, ...], ep: _Recording | None, obs: dict[str, np.ndarray]
     ) -> tuple[_Recording | None, dict[str, np.ndarray]]:
         t = float(self.env.data.time)
-        self.speed.apply(events)
+        self.controller.apply_events(events)
         for ev in events:
             if ev is TeleopEvent.ESTOP:
                 self.supervisor.estop(True, t)
                 self.log("e-stop latched: no command is forwarded until reset_estop")
             elif ev is TeleopEvent.RESET_ESTOP:
                 if self.supervisor.reset_estop(t):
-                    self.arm.reset(
-                        obs[V.OBS_ARM_QPOS]
-                    )  # resume from where the arm is, not where it was asked
+                    # Resume from where the arm is, not from where it was last asked to go.
+                    self.controller.reanchor(obs[V.OBS_ARM_QPOS])
                     self.log("e-stop released")
-            elif ev is TeleopEvent.HAND_MODE:
-                self.hand.toggle_mode()
             elif ev is TeleopEvent.START:
                 if ep is None and not self.supervisor.estopped:
                     ep = self._start()
@@ -394,12 +396,7 @@ class TeleopSession:
         request: np.ndarray | None = None
         decision = None
         if not problems:
-            try:
-                hand_q = self._hand_targets(cmd)
-            except ValueError as err:  # unusable keypoints: hold the hand synergy
-                self.log(f"warning: hand retargeting failed ({err}); using the synergy")
-                hand_q = self.hand.posture()
-            request = np.concatenate([self.arm.step(cmd, self.speed.scale), hand_q])
+            request = self.controller.request(cmd)
             decision = self.supervisor.submit(self.names, request, t)
         if decision is None or not decision.sent:
             decision = self.supervisor.tick(t) or decision
@@ -464,14 +461,15 @@ class TeleopSession:
     def _status_line(self, ep: _Recording | None) -> str:
         out = Path(self.config.out)
         free = shutil.disk_usage(out).free / 1e9
-        mode = f"{self.hand.mode.value} s={self.hand.s:.2f}"
+        hand, speed = self.controller.hand, self.controller.speed.scale
+        mode = f"{hand.mode.value} s={hand.s:.2f}"
         estop = " E-STOP" if self.supervisor.estopped else ""
         if ep is None:
-            return f"idle (START to record) | speed {self.speed.scale:g} | {mode} | free {free:.1f} GB{estop}"
+            return f"idle (START to record) | speed {speed:g} | {mode} | free {free:.1f} GB{estop}"
         periods = ep.periods[-20:]
         rate = len(periods) / sum(periods) if periods and sum(periods) > 0 else float("nan")
         bag_mb = ep.bag.nbytes / 1e6 if ep.bag is not None else 0.0
         return (
             f"REC episode {ep.rec.index} | {ep.rec.num_steps * self.config.teleop.dt:5.1f} s | {rate:4.1f} Hz"
-            f" | speed {self.speed.scale:g} | {mode} | bag {bag_mb:.1f} MB | free {free:.1f} GB{estop}"
+            f" | speed {speed:g} | {mode} | bag {bag_mb:.1f} MB | free {free:.1f} GB{estop}"
         )
