@@ -319,3 +319,31 @@ def test_full_disk_gives_a_clear_error_and_keeps_saved_episodes(tmp_path, tiny_d
     assert ds.indices == list(range(saved + 1)) and inflight_indices(out) == []
     last_ep = ds.episode(saved)
     assert last_ep.meta["incomplete"] is True and len(last_ep) >= 20
+
+
+# --- from recording to policy -------------------------------------------------------------------
+
+
+def test_train_lowlevel_from_a_teleop_dataset(tmp_path):
+    from dexhier.vocabulary import GOAL_RGB, GOAL_TOOL_TIP_GAP
+    from policies.low_level.policy import LowLevelPolicy
+
+    _summary, _logs, cfg = _run(tmp_path, list(expert_stream(TASK, seed=0, episodes=3)))
+    out = tmp_path / "ckpt"
+    cmd = [sys.executable, "-m", "dexhier.cli", "train", "lowlevel", "--data", str(cfg.out),
+           "--out", str(out), "--steps", "2", "--batch-size", "4", "--checkpoint-every", "2",
+           "--threads", "1", "--json"]  # fmt: skip
+    env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    policy = LowLevelPolicy.load(out)
+    ep = EpisodeDataset(cfg.out).episode(0)
+    obs = {
+        k: ep[k][0] for k in (V.OBS_ARM_QPOS, V.OBS_HAND_QPOS, V.OBS_TOOL_TIP_GAP, *map(V.rgb_key, V.CAMERAS))
+    }
+    goal = {GOAL_RGB: ep[V.rgb_key("scene")][-1], GOAL_TOOL_TIP_GAP: ep[V.OBS_TOOL_TIP_GAP][-1]}
+    chunk = policy.predict_chunk(obs, goal)
+    meta = EpisodeDataset(cfg.out).meta
+    lo, hi = np.array(meta["action_lower"]), np.array(meta["action_upper"])
+    assert chunk.shape[1] == 22 and np.isfinite(chunk).all()
+    assert np.all(chunk >= lo - 1e-9) and np.all(chunk <= hi + 1e-9)
