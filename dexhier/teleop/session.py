@@ -285,7 +285,7 @@ class TeleopSession:
         obs = self._next_scene()
         ep: _Recording | None = None
         k = 0
-        last_wall = time.perf_counter()
+        last_wall = deadline = time.perf_counter()
         last_status = 0.0
         problems_logged = False
         try:
@@ -323,9 +323,13 @@ class TeleopSession:
                 k += 1
                 wall = time.perf_counter()
                 if cfg.realtime:
-                    remaining = cfg.teleop.dt - (wall - last_wall)
-                    if remaining > 0:
-                        time.sleep(remaining)
+                    # Absolute deadlines, so sleep overshoot does not accumulate; after an overrun
+                    # of more than a period the schedule restarts instead of bursting to catch up.
+                    deadline += cfg.teleop.dt
+                    if deadline > wall:
+                        time.sleep(deadline - wall)
+                    elif wall - deadline > cfg.teleop.dt:
+                        deadline = wall
                     wall = time.perf_counter()
                 if ep is not None:
                     ep.periods.append(wall - last_wall)
