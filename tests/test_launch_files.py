@@ -25,10 +25,11 @@ rclpy = pytest.importorskip("rclpy")
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
-SIM, CELL = LAUNCH / "sim.launch.xml", LAUNCH / "cell.launch.xml"
+SIM, CELL, TELEOP = LAUNCH / "sim.launch.xml", LAUNCH / "cell.launch.xml", LAUNCH / "teleop.launch.xml"
 PACKAGE = ROOT / "robot_ws" / "src" / "dexhier_ros"
 NODE_SOURCES = PACKAGE / "dexhier_ros"
 SIM_NODES = {"twin_bridge", "perception", "expert_policy", "safety_supervisor", "episode_coordinator"}
+TELEOP_NODES = {"twin_bridge", "perception", "safety_supervisor", "recorder", "teleop"}
 # Parameters every rclpy node declares by itself.
 BUILTIN_PARAMETERS: dict[str, object] = {"use_sim_time": False}
 # The twin bridge's camera topics, which the cell's camera driver is remapped onto.
@@ -108,6 +109,8 @@ def test_node_sources_declare_parameters():
     assert {"task", "seed", "real_time_factor", "image_width", "camera_every"} <= set(declared["twin_bridge"])
     assert {"episodes", "results_path", "episode_timeout"} <= set(declared["episode_coordinator"])
     assert "task" in declared["expert_policy"]
+    assert {"device", "replay_file", "control_hz", "task"} <= set(declared["teleop"])
+    assert {"out", "task", "instruction", "control_hz", "bag"} <= set(declared["recorder"])
 
 
 # ------------------------------------------------------------------------------ sim.launch.xml
@@ -233,9 +236,61 @@ def test_cell_velocity_limits_are_conservative():
     assert 0 < cell["stale_after"] <= 0.5
 
 
-# ------------------------------------------------------------------------------ both files
-CASES = [(SIM, {}), (SIM, {"perception": "false"}), (CELL, {}), (CELL, {"use_camera": "false"})]
-IDS = ["sim", "sim-no-perception", "cell", "cell-no-camera"]
+# ------------------------------------------------------------------------------ teleop.launch.xml
+def test_teleop_launch_nodes_parameters_and_arguments():
+    nodes = by_name(parse_launch_file(TELEOP))
+    assert set(nodes) == TELEOP_NODES
+    for name, node in nodes.items():
+        assert (node.package, node.executable) == ("dexhier_ros", name)
+        assert node.executable in console_scripts()
+        assert node.namespace is None and node.remaps == []
+    # The twin is the clock; every other node runs on it.
+    assert "use_sim_time" not in inline(nodes["twin_bridge"])
+    for name in TELEOP_NODES - {"twin_bridge"}:
+        assert inline(nodes[name])["use_sim_time"] is True, name
+    # QUIT (or the end of a replay) ends the session; the recorder keeps an episode in flight then.
+    assert nodes["teleop"].required and not nodes["recorder"].required
+    for name in TELEOP_NODES - {"perception"}:
+        assert files(nodes[name]) == [LAUNCH / "teleop.params.yaml"], name
+    assert inline(nodes["recorder"]) == {"use_sim_time": True, "task": "tweezer_pick", "out": "out/teleop",
+                                         "instruction": "", "bag": True, "device": "replay"}  # fmt: skip
+
+    args = {"task": "tool_open_to", "device": "handpose", "replay_file": "s.jsonl", "out": "d",
+            "perception": "false", "bag": "false", "seed": "3", "instruction": "open it"}  # fmt: skip
+    nodes = by_name(parse_launch_file(TELEOP, args))
+    assert set(nodes) == TELEOP_NODES - {"perception"}
+    for name in ("twin_bridge", "safety_supervisor", "recorder", "teleop"):
+        assert inline(nodes[name])["task"] == "tool_open_to"
+    assert inline(nodes["teleop"])["device"] == inline(nodes["recorder"])["device"] == "handpose"
+    assert inline(nodes["teleop"])["replay_file"] == "s.jsonl"
+    assert inline(nodes["recorder"])["out"] == "d" and inline(nodes["recorder"])["bag"] is False
+    assert inline(nodes["recorder"])["instruction"] == "open it"
+    assert inline(nodes["twin_bridge"])["seed"] == 3
+
+
+def test_teleop_rates_and_image_sizes_agree():
+    doc = yaml.safe_load((LAUNCH / "teleop.params.yaml").read_text())
+    params = {name: section["ros__parameters"] for name, section in doc.items()}
+    assert params["safety_supervisor"]["control_hz"] == params["recorder"]["control_hz"]
+    assert params["teleop"]["control_hz"] == params["recorder"]["control_hz"]
+    for key in ("image_width", "image_height"):
+        assert params["twin_bridge"][key] == params["recorder"][key], key
+
+
+# ------------------------------------------------------------------------------ all files
+CASES = [
+    (SIM, {}),
+    (SIM, {"perception": "false"}),
+    (CELL, {}),
+    (CELL, {"use_camera": "false"}),
+    (TELEOP, {}),
+    (TELEOP, {"perception": "false", "device": "handpose", "replay_file": "s.jsonl"}),
+]
+IDS = ["sim", "sim-no-perception", "cell", "cell-no-camera", "teleop", "teleop-handpose"]
+
+
+def test_every_launch_file_is_checked():
+    assert {path for path, _ in CASES} == set(LAUNCH.glob("*.launch.xml"))
 
 
 @pytest.mark.parametrize(("path", "args"), CASES, ids=IDS)

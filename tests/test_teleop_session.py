@@ -347,3 +347,25 @@ def test_train_lowlevel_from_a_teleop_dataset(tmp_path):
     lo, hi = np.array(meta["action_lower"]), np.array(meta["action_upper"])
     assert chunk.shape[1] == 22 and np.isfinite(chunk).all()
     assert np.all(chunk >= lo - 1e-9) and np.all(chunk <= hi + 1e-9)
+
+
+def test_hand_keypoints_are_retargeted_onto_the_hand(tmp_path):
+    from dexhier.teleop.retarget import HandRetargeter, keypoints_from_robot
+
+    rt = HandRetargeter()
+    q_target = rt.lower + 0.4 * (rt.upper - rt.lower)  # a half-closed hand, inside every limit
+    kp = keypoints_from_robot(q_target, rt).tolist()
+    records = [
+        {"t": 0.0, "events": ["start"]},
+        *_motion(0.05, 1.0, hand_keypoints=kp),
+        {"t": 1.0, "events": ["save"]},
+    ]
+    _summary, logs, cfg = _run(tmp_path, records)
+    ep = EpisodeDataset(cfg.out).episode(0)
+    names = EpisodeDataset(cfg.out).meta["action_names"][6:]
+    order = [names.index(n) for n in rt.joint_names]  # joints matched by name
+    hand_request = ep[V.ACTION_REQUEST][:, 6:][:, order]
+    # A finger has four joints for a 3-D fingertip, so compare fingertips, not joints (m).
+    tips = rt.fingertip_vectors(q_target)
+    assert np.abs(rt.fingertip_vectors(hand_request[-1]) - tips).max() < 0.003, logs
+    assert np.abs(rt.fingertip_vectors(hand_request[1]) - tips).max() > 0.01  # low-pass: not at once
