@@ -14,8 +14,6 @@ writes checkpoints. A checkpoint and the resumable training state are written ev
 from __future__ import annotations
 
 import json
-import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,9 +33,9 @@ from dexhier.checkpoints import (
 from policies.low_level.config import PolicyConfig
 from policies.low_level.dataset import ChunkDataset, GoalSampling, augment_images
 from policies.low_level.diffusion import make_diffusion
-from policies.low_level.network import LowLevelNet
 from policies.low_level.policy import ACTION, GOAL_GAP, PROPRIO, LowLevelPolicy, build_net, images_to_tensor
 from policies.normalization import MinMaxNormalizer
+from policies.optim import allreduce_gradients, dist_info, ema_update, warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -84,19 +82,12 @@ class TrainConfig:
         return json.dumps(doc, sort_keys=True, default=str)
 
 
-def _dist_info() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return (dist.get_rank() if world > 1 else 0), world
-
-
 class Trainer:
     """One training run into ``out``; see the module docstring."""
 
     def __init__(self, data: Sequence[str | Path], out: str | Path, cfg: TrainConfig) -> None:
         self.cfg, self.out = cfg, Path(out)
-        self.rank, self.world = _dist_info()
+        self.rank, self.world = dist_info()
         self.train_set, self.val_set = ChunkDataset.split(data, cfg.policy, cfg.val_episodes, cfg.seed)
         self.layout = self.train_set.layout
         aux = self.train_set.aux
@@ -190,25 +181,17 @@ class Trainer:
         loss = self.diffusion.loss(self.net, cond, t["actions"], self.gen)
         if cfg.aux_weight > 0:
             loss = loss + cfg.aux_weight * self._aux_loss(cond, batch, keep)
-        lr = (
-            cfg.lr
-            * min(1.0, (self.step + 1) / cfg.warmup)
-            * 0.5
-            * (1 + math.cos(math.pi * self.step / cfg.steps))
-        )
+        lr = warmup_cosine(self.step, cfg.steps, cfg.warmup, cfg.lr)
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.world > 1:
-            _allreduce_gradients(self.net, self.world)
+            allreduce_gradients(self.net, self.world)
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
         self.opt.step()
         self.step += 1
-        decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
-        with torch.no_grad():
-            for pe, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
-                pe.lerp_(p, 1 - decay)
+        ema_update(self.ema, self.net, cfg.ema_decay, self.step)
         return float(loss.detach())
 
     def _aux_loss(self, cond: torch.Tensor, batch: dict[str, np.ndarray], keep: torch.Tensor) -> torch.Tensor:
@@ -238,17 +221,6 @@ class Trainer:
         )
         err = (x - t["actions"]).abs()
         return {"val_chunk_mae": float(err.mean()), "val_first_action_mae": float(err[:, 0].mean())}
-
-
-def _allreduce_gradients(net: LowLevelNet, world: int) -> None:
-    grads = [p.grad for p in net.parameters() if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    i = 0
-    for g in grads:
-        g.copy_(flat[i : i + g.numel()].view_as(g))
-        i += g.numel()
 
 
 def train(
