@@ -232,33 +232,25 @@ def cmd_train_affordance(args: argparse.Namespace) -> int:
 DEFAULT_LOWLEVEL = Path("checkpoints/lowlevel")
 
 
-def cmd_train_lowlevel(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
-
-    from policies.low_level.config import PolicyConfig
-    from policies.low_level.training import TrainConfig, train
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rank = int(os.environ.get("RANK", "0"))
-    policy = PolicyConfig(
-        diffusion=args.diffusion, steps=3 if args.diffusion == "edm" else 100, obs_horizon=args.obs_horizon
-    )
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, policy=policy,
-                      checkpoint_every=args.checkpoint_every, balance_datasets=args.balance_datasets,
-                      shift=args.image_shift)  # fmt: skip
-    missing = [str(d) for d in args.data if not (Path(d) / "dataset.json").is_file()]
+def _check_datasets(paths: list[Path]) -> None:
+    missing = [str(d) for d in paths if not (Path(d) / "dataset.json").is_file()]
     if missing:
         raise FileNotFoundError(f"not an episode dataset (no dataset.json): {', '.join(missing)}")
+
+
+def _run_training(args: argparse.Namespace, what: str, desc: str, steps: int, seed: int, run: Any) -> int:
+    """Progress bar, figures, MANIFEST line and JSON around ``run(log, bar) -> metrics``; rank 0 reports."""
+    from tqdm import tqdm
+
+    rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
-        print(f"training the low-level policy ({cfg.policy.diffusion}) into {args.out}: {cfg.steps} steps, "
-              f"batch {cfg.batch_size} per process, data {', '.join(map(str, args.data))}")  # fmt: skip
+        print(f"training {what} into {args.out}: {steps} steps, batch {args.batch_size} per process, "
+              f"data {', '.join(map(str, args.data))}")  # fmt: skip
     log = (lambda m: tqdm.write(m, file=sys.stderr)) if rank == 0 else (lambda m: None)
     # In a log file (no TTY) the bar still reports, every 30 s, so that long runs show progress.
-    with tqdm(total=cfg.steps, desc=f"train lowlevel {cfg.policy.diffusion}", unit="step", file=sys.stderr,
-              disable=rank != 0, mininterval=0.5 if sys.stderr.isatty() else 30) as bar:  # fmt: skip
-        result = train(args.data, args.out, cfg, log=log, bar=bar)
+    with tqdm(total=steps, desc=desc, unit="step", file=sys.stderr, disable=rank != 0,
+              mininterval=0.5 if sys.stderr.isatty() else 30) as bar:  # fmt: skip
+        result = run(log, bar)
     if rank != 0:
         return 0
     _print_figures(result, 24, 4)
@@ -267,13 +259,49 @@ def cmd_train_lowlevel(args: argparse.Namespace) -> int:
     manifest = update_manifest(
         args.out,
         "dexhier " + shlex.join(sys.argv[1:]),
-        cfg.seed,
+        seed,
         {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()},
     )
     if manifest is not None:
         print(f"recorded in {manifest}")
     _emit(args, {"out": str(args.out), **result})
     return 0
+
+
+def cmd_train_lowlevel(args: argparse.Namespace) -> int:
+    import torch
+
+    from policies.low_level.config import PolicyConfig
+    from policies.low_level.training import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    policy = PolicyConfig(
+        diffusion=args.diffusion, steps=3 if args.diffusion == "edm" else 100, obs_horizon=args.obs_horizon
+    )
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, policy=policy,
+                      checkpoint_every=args.checkpoint_every, balance_datasets=args.balance_datasets,
+                      shift=args.image_shift)  # fmt: skip
+    _check_datasets(args.data)
+    what = f"the low-level policy ({cfg.policy.diffusion})"
+    return _run_training(args, what, f"train lowlevel {cfg.policy.diffusion}", cfg.steps, cfg.seed,
+                         lambda log, bar: train(args.data, args.out, cfg, log=log, bar=bar))  # fmt: skip
+
+
+def cmd_train_subgoal(args: argparse.Namespace) -> int:
+    import torch
+
+    from policies.high_level.training import SubgoalTrainConfig, train_subgoal
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lo, hi = args.offsets
+    cfg = SubgoalTrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                             checkpoint_every=args.checkpoint_every, camera=args.camera,
+                             image_size=args.image_size, offsets=(lo, hi))  # fmt: skip
+    _check_datasets(args.data)
+    run = lambda log, bar: train_subgoal(args.data, args.out, cfg, log=log, bar=bar)  # noqa: E731
+    return _run_training(args, "the subgoal generator", "train subgoal", cfg.steps, cfg.seed, run)
 
 
 def cmd_eval_affordance(args: argparse.Namespace) -> int:
@@ -523,6 +551,28 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     add_json(tl)
     tl.set_defaults(func=cmd_train_lowlevel)
+
+    ts = tr_sub.add_parser(
+        "subgoal",
+        help="the diffusion subgoal-image generator (high level)",
+        description="Train the image-to-image subgoal generator (diffusers UNet2DModel, current image "
+        "concatenated on channels, task as a class embedding, v-prediction) on (frame t, frame t+k, task) "
+        "pairs of episode datasets (expert or teleop). EMA, periodic checkpoints, resume by running the "
+        "same command again; runs unchanged under torchrun --nproc_per_node N.",
+    )
+    ts.add_argument("--data", type=Path, nargs="+", required=True, help="episode dataset directories")
+    ts.add_argument("--out", type=Path, required=True, help="checkpoint directory")
+    ts.add_argument("--steps", type=_positive, default=6000, help="optimizer steps (default: 6000)")
+    ts.add_argument("--batch-size", type=_positive, default=64, help="batch per process (default: 64)")
+    ts.add_argument("--checkpoint-every", type=_positive, default=500, help="steps (default: 500)")
+    ts.add_argument("--camera", default="scene", help="camera whose frames are generated (default: scene)")
+    ts.add_argument("--image-size", type=_positive, default=32, help="generated image side, px (default: 32)")
+    ts.add_argument("--offsets", type=_positive, nargs=2, default=(10, 20), metavar=("MIN", "MAX"),
+                    help="subgoal offset k range, control steps (default: 10 20)")  # fmt: skip
+    ts.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    ts.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    add_json(ts)
+    ts.set_defaults(func=cmd_train_subgoal)
 
     ea = ev_sub.add_parser(
         "affordance",

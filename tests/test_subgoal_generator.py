@@ -1,0 +1,125 @@
+"""The subgoal-image generator: config checks, inputs, sampling, checkpoints and training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dexhier import vocabulary as V
+from dexhier.checkpoints import CheckpointError
+from dexhier.episodes import EpisodeWriter
+from policies.high_level.generator import GeneratorConfig, SubgoalGenerator, images_to_model, model_to_images
+from policies.high_level.training import SubgoalPairs, SubgoalTrainConfig, SubgoalTrainer, train_subgoal
+
+TINY = {"image_size": 16, "channels": (16, 16), "norm_groups": 8, "steps": 2, "candidates": 3}
+
+
+def _moving_square(t: int, size: int = 32) -> np.ndarray:
+    """A white square moving right one pixel per step: the future is predictable from the present."""
+    img = np.zeros((size, size, 3), np.uint8)
+    x = 2 + t  # t < 22 keeps it inside
+    img[10:16, x : x + 6] = 255
+    return img
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("subgoal_data")
+    w = EpisodeWriter(root, {"cameras": ["scene"]})
+    for e in range(6):
+        task = "slide_a" if e % 2 else "slide_b"
+        with w.begin(e, {"task": task}) as rec:
+            for t in range(16):
+                rec.add_step({V.rgb_key("scene"): _moving_square(t + e), V.STEP_TIME: 0.05 * t})
+            rec.commit(True)
+    return root
+
+
+def test_config_is_checked():
+    with pytest.raises(ValueError, match="tasks"):
+        GeneratorConfig(tasks=())
+    with pytest.raises(ValueError, match="divisible"):
+        GeneratorConfig(tasks=("a",), image_size=30, channels=(16, 16, 16), norm_groups=8)
+    with pytest.raises(ValueError, match="multiples of norm_groups"):
+        GeneratorConfig(tasks=("a",), channels=(20, 32))
+    with pytest.raises(ValueError, match="offsets"):
+        GeneratorConfig(tasks=("a",), offsets=(5, 2))
+    with pytest.raises(ValueError, match="cannot override"):
+        GeneratorConfig(tasks=("a",)).with_overrides(image_size=64)
+
+
+def test_images_are_checked_and_converted():
+    img = np.full((2, 32, 32, 3), 255, np.uint8)
+    x = images_to_model(img, 16)
+    assert x.shape == (2, 3, 16, 16) and torch.allclose(x, torch.ones_like(x))
+    assert model_to_images(x, 32).shape == (2, 32, 32, 3)
+    with pytest.raises(ValueError, match="uint8"):
+        images_to_model(img.astype(np.float32), 16)
+    with pytest.raises(ValueError, match="RGB last"):
+        images_to_model(np.zeros((2, 3, 32, 32), np.uint8), 16)  # channels first
+    with pytest.raises(ValueError, match="RGB last"):
+        images_to_model(np.zeros((32, 32, 4), np.uint8), 16)  # RGBA / BGRA
+
+
+def test_sampling_shapes_determinism_and_bad_input():
+    torch.manual_seed(0)
+    gen = SubgoalGenerator(GeneratorConfig(tasks=("a", "b"), **TINY))
+    cur = images_to_model(np.stack([_moving_square(0), _moving_square(5)]), 16)
+    ids = gen.task_ids(["a", "b"])
+    x1 = gen.sample(cur, ids, gen=torch.Generator().manual_seed(1))
+    x2 = gen.sample(cur, ids, gen=torch.Generator().manual_seed(1))
+    assert x1.shape == (2, 3, 3, 16, 16) and torch.isfinite(x1).all() and x1.abs().max() <= 1
+    assert torch.equal(x1, x2)
+    assert not torch.equal(x1[:, 0], x1[:, 1])  # candidates are different draws
+    with pytest.raises(ValueError, match="knows"):
+        gen.task_ids(["c"])
+    with pytest.raises(ValueError, match="current must be"):
+        gen.sample(torch.zeros(1, 3, 32, 32), ids[:1])
+
+
+def test_checkpoint_round_trip_and_type_check(tmp_path):
+    torch.manual_seed(0)
+    gen = SubgoalGenerator(GeneratorConfig(tasks=("a",), **TINY))
+    gen.save(tmp_path / "g")
+    back = SubgoalGenerator.load(tmp_path / "g", steps=1)
+    assert back.config.steps == 1 and back.config.channels == (16, 16)
+    cur = torch.zeros(1, 3, 16, 16)
+    a = gen.sample(cur, gen.task_ids(["a"]), steps=1, gen=torch.Generator().manual_seed(0))
+    b = back.sample(cur, back.task_ids(["a"]), gen=torch.Generator().manual_seed(0))
+    assert torch.allclose(a, b)
+    (tmp_path / "g" / "config.json").write_text((tmp_path / "g" / "config.json").read_text().replace(
+        "dexhier.subgoal_generator", "dexhier.lowlevel_policy"))  # fmt: skip
+    with pytest.raises(CheckpointError, match="expected 'dexhier.subgoal_generator'"):
+        SubgoalGenerator.load(tmp_path / "g")
+
+
+def test_pairs_follow_the_offsets(data_dir):
+    pairs = SubgoalPairs([data_dir], "scene", 32, min_steps=2)
+    assert pairs.tasks == ("slide_a", "slide_b") and len(pairs) == 6
+    cur, fut, ids = pairs.sample(64, (3, 3), pairs.tasks, np.random.default_rng(0))
+    # The square moves 1 px per step: the future frame is the current one shifted by k = 3 px,
+    # except where the episode's last frame clipped the offset.
+    col = lambda x: (x[:, 0, 12] > 0).float().argmax(-1)  # noqa: E731  first lit column of row 12
+    shift = col(fut) - col(cur)
+    assert (shift == 3).float().mean() > 0.6 and set(shift.tolist()) <= {1, 2, 3}
+    assert set(ids.tolist()) == {0, 1}
+
+
+def test_training_learns_resumes_and_refuses_another_recipe(tmp_path, data_dir):
+    cfg = SubgoalTrainConfig(steps=60, batch_size=16, checkpoint_every=30, val_episodes=0.2, image_size=16,
+                             channels=(16, 32), offsets=(2, 4), lr=2e-3, warmup=5)  # fmt: skip
+    trainer = SubgoalTrainer([data_dir], tmp_path / "ck", cfg)
+    trainer.gen_cfg = GeneratorConfig(**{**trainer.gen_cfg.to_json(), "norm_groups": 8})
+    first = [trainer.train_step() for _ in range(5)]
+    assert all(np.isfinite(first))
+    metrics = train_subgoal([data_dir], tmp_path / "ck2", cfg, log=lambda m: None)
+    assert metrics["step"] == 60
+    assert metrics["train_loss"] < 0.5 * np.mean(first)  # it learns (v-prediction MSE)
+    more = SubgoalTrainConfig(**{**cfg.__dict__, "steps": 62})
+    metrics = train_subgoal([data_dir], tmp_path / "ck2", more, log=lambda m: None)
+    assert metrics["step"] == 62  # resumed from 60, not restarted
+    with pytest.raises(ValueError, match="another recipe"):
+        train_subgoal([data_dir], tmp_path / "ck2", SubgoalTrainConfig(**{**more.__dict__, "lr": 1e-4}))
+    gen = SubgoalGenerator.load(tmp_path / "ck2")
+    assert gen.config.tasks == ("slide_a", "slide_b")
