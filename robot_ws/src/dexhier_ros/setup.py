@@ -51,7 +51,7 @@ setup(
     zip_safe=True,
     maintainer="dexhier developers",
     maintainer_email="dev@dexhier.local",
-    description="ROS 2 nodes of dexhier: twin bridge, policy, safety supervisor, episode coordinator.",
+    description="ROS 2 nodes of dexhier: twin bridge, policy, safety supervisor, episodes, teleop, recorder.",
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
@@ -60,6 +60,8 @@ setup(
             f"safety_supervisor = {PACKAGE}.safety_supervisor:main",
             f"episode_coordinator = {PACKAGE}.episode_coordinator:main",
             f"perception = {PACKAGE}.perception_node:main",
+            f"teleop = {PACKAGE}.teleop_node:main",
+            f"recorder = {PACKAGE}.recorder_node:main",
         ],
     },
 )

@@ -69,6 +69,18 @@ def joint_positions(msg: JointState, names: Sequence[str]) -> np.ndarray:
     return out
 
 
+def joint_velocities(msg: JointState, names: Sequence[str]) -> np.ndarray:
+    """Velocities (rad/s) of ``names`` from a JointState; NaN where the message has none.
+
+    Drivers may leave ``velocity`` empty (it is optional in JointState); positions are checked by
+    `joint_positions`, so names missing here are already an error there.
+    """
+    if len(msg.velocity) != len(msg.name):
+        return np.full(len(names), np.nan)
+    index = {n: i for i, n in enumerate(msg.name)}
+    return np.array([msg.velocity[index[n]] if n in index else np.nan for n in names], dtype=np.float64)
+
+
 def trajectory(names: Sequence[str], positions: np.ndarray, times: Sequence[float]) -> JointTrajectory:
     """A JointTrajectory reaching ``positions`` (T, J) at ``times`` (T,) s after its start (stamp 0 = now)."""
     msg = JointTrajectory()
