@@ -24,6 +24,9 @@ from sim.twin import TwinConfig, TwinEnv, tcp_in_flange
 
 IDLE_GAP = 0.25
 """Seconds of idle input between two scripted episodes, s."""
+SETTLE = 1.0
+"""Seconds of holding still after the expert's last step before FAIL, s: through the ROS graph the
+twin's success arrives a few control periods after the command that earned it."""
 
 
 def _record(t: float, **kw: Any) -> dict[str, Any]:
@@ -35,8 +38,8 @@ def expert_episode_stream(
 ) -> tuple[list[dict[str, Any]], bool]:
     """Records (replay format) of one expert episode in ``env`` starting at session time ``t0``.
 
-    The first record carries HOME and START, the last FAIL: if the replay reaches the task's
-    success earlier, the session has saved the episode already and ignores the FAIL.
+    The first record carries HOME and START, the last FAIL after `SETTLE` s of holding still: if
+    the replay reaches the task's success before, the episode is saved already and FAIL is ignored.
     Returns (records, whether the expert itself succeeded).
     """
     dt = config.dt
@@ -83,7 +86,9 @@ def expert_episode_stream(
         if terminated or truncated:
             success = bool(info["success"])
             break
-    records.append(_record(t0 + k * dt, events=[TeleopEvent.FAIL.value]))
+    # Hold still (clutch released, grip 0 keeps the hand) so a late success still counts.
+    records.append(_record(t0 + k * dt))
+    records.append(_record(t0 + k * dt + SETTLE, events=[TeleopEvent.FAIL.value]))
     return records, success
 
 
