@@ -304,6 +304,22 @@ def cmd_train_subgoal(args: argparse.Namespace) -> int:
     return _run_training(args, "the subgoal generator", "train subgoal", cfg.steps, cfg.seed, run)
 
 
+def cmd_train_filter(args: argparse.Namespace) -> int:
+    import torch
+
+    from policies.high_level.training import ProgressTrainConfig, train_progress
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lo, hi = args.offsets
+    cfg = ProgressTrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                              checkpoint_every=args.checkpoint_every, camera=args.camera,
+                              image_size=args.image_size, offsets=(lo, hi))  # fmt: skip
+    _check_datasets(args.data)
+    run = lambda log, bar: train_progress(args.data, args.out, cfg, log=log, bar=bar)  # noqa: E731
+    return _run_training(args, "the subgoal filter", "train filter", cfg.steps, cfg.seed, run)
+
+
 def cmd_eval_affordance(args: argparse.Namespace) -> int:
     from perception.encoder import AffordanceEncoder
     from perception.evaluation import evaluate_synthetic, evaluate_twin, twin_clouds
@@ -573,6 +589,29 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     add_json(ts)
     ts.set_defaults(func=cmd_train_subgoal)
+
+    tf = tr_sub.add_parser(
+        "filter",
+        help="the subgoal filter: GHIL-Glue's progress classifier",
+        description="Train the progress classifier that scores (current image, candidate subgoal, task) on "
+        "episode datasets: positives (t, t+k) and negatives with a wrong task, reversed order or a wrong "
+        "goal image (50/20/20/10 %%). Resumes by running the same command again; torchrun-able.",
+    )
+    tf.add_argument("--data", type=Path, nargs="+", required=True, help="episode dataset directories")
+    tf.add_argument("--out", type=Path, required=True, help="checkpoint directory")
+    tf.add_argument("--steps", type=_positive, default=3000, help="optimizer steps (default: 3000)")
+    tf.add_argument("--batch-size", type=_positive, default=128, help="batch per process (default: 128)")
+    tf.add_argument("--checkpoint-every", type=_positive, default=500, help="steps (default: 500)")
+    tf.add_argument("--camera", default="scene", help="camera (default: scene)")
+    tf.add_argument(
+        "--image-size", type=_positive, default=32, help="image side, px; the generator's (default: 32)"
+    )
+    tf.add_argument("--offsets", type=_positive, nargs=2, default=(10, 20), metavar=("MIN", "MAX"),
+                    help="positive offset k range, control steps (default: 10 20)")  # fmt: skip
+    tf.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    tf.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    add_json(tf)
+    tf.set_defaults(func=cmd_train_filter)
 
     ea = ev_sub.add_parser(
         "affordance",

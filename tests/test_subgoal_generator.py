@@ -123,3 +123,44 @@ def test_training_learns_resumes_and_refuses_another_recipe(tmp_path, data_dir):
         train_subgoal([data_dir], tmp_path / "ck2", SubgoalTrainConfig(**{**more.__dict__, "lr": 1e-4}))
     gen = SubgoalGenerator.load(tmp_path / "ck2")
     assert gen.config.tasks == ("slide_a", "slide_b")
+
+
+# --- the subgoal filter --------------------------------------------------------------------------
+
+
+def test_progress_batches_follow_the_mix(data_dir):
+    from policies.high_level.progress import progress_batch
+
+    pairs = SubgoalPairs([data_dir], "scene", 32, min_steps=2)
+    ids = [pairs.tasks.index(t) for t in pairs.task_names]
+    cur, cand, task, label, kinds = progress_batch(
+        pairs.frames, ids, 2000, (3, 3), 2, (0.5, 0.2, 0.2, 0.1), np.random.default_rng(0)
+    )
+    share = np.bincount(kinds, minlength=4) / 2000
+    assert np.allclose(share, (0.5, 0.2, 0.2, 0.1), atol=0.03)
+    assert torch.equal(label, torch.as_tensor(kinds == 0, dtype=torch.float32))
+    col = lambda x: (x[:, 0, 12] > 0).float().argmax(-1)  # noqa: E731
+    shift = (col(cand) - col(cur)).numpy()
+    assert (shift[kinds == 0] > 0).all() and (shift[kinds == 2] < 0).all()  # forward vs reversed
+    # With one task there is no wrong task: those pairs become reversed ones.
+    _, _, _, _, kinds1 = progress_batch(pairs.frames, [0] * len(ids), 2000, (3, 3), 1, (0.5, 0.2, 0.2, 0.1),
+                                        np.random.default_rng(0))  # fmt: skip
+    assert not (kinds1 == 1).any() and abs((kinds1 == 2).mean() - 0.4) < 0.03
+
+
+def test_progress_classifier_learns_direction_and_selects(tmp_path, data_dir):
+    from policies.high_level.progress import ProgressClassifier
+    from policies.high_level.training import ProgressTrainConfig, train_progress
+
+    cfg = ProgressTrainConfig(steps=150, batch_size=64, checkpoint_every=150, image_size=16, offsets=(2, 4),
+                              lr=3e-3, warmup=10, val_episodes=0.34)  # fmt: skip
+    metrics = train_progress([data_dir], tmp_path / "pc", cfg, log=lambda m: None)
+    assert metrics["step"] == 150
+    assert metrics["val_acc_reversed"] > 0.8 and metrics["val_acc_positive"] > 0.8, metrics
+    clf = ProgressClassifier.load(tmp_path / "pc")
+    cur = images_to_model(_moving_square(5), 16)
+    # Candidates: the past, the present and the future (3 px ahead): the future must win.
+    cands = images_to_model(np.stack([_moving_square(2), _moving_square(5), _moving_square(8)]), 16)[None]
+    assert int(clf.select(cur, cands, torch.tensor([0]))[0]) == 2
+    with pytest.raises(ValueError, match="images must be"):
+        clf.scores(torch.zeros(1, 3, 32, 32), cands, torch.tensor([0]))

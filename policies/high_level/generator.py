@@ -137,7 +137,8 @@ def images_to_model(images: np.ndarray, size: int) -> torch.Tensor:
         raise ValueError(f"images must be uint8 RGB (..., H, W, 3), got dtype {a.dtype}")
     if a.ndim < 3 or a.shape[-1] != 3:
         raise ValueError(f"images must have shape (..., H, W, 3) with RGB last, got {a.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(a.reshape(-1, *a.shape[-3:]))).float().movedim(-1, 1)
+    # A copy: episode arrays are read-only and torch does not take non-writable memory.
+    x = torch.from_numpy(np.array(a.reshape(-1, *a.shape[-3:]), copy=True)).float().movedim(-1, 1)
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="area")
     return x / 127.5 - 1.0

@@ -241,3 +241,129 @@ def train_subgoal(
     if trainer.world > 1:
         dist.barrier()
     return metrics
+
+
+# --- the subgoal filter ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProgressTrainConfig:
+    """The progress classifier's recipe (AdamW, warm-up + cosine, no EMA)."""
+
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
+    warmup: int = 100
+    checkpoint_every: int = 500
+    val_episodes: float = 0.1
+    seed: int = 0
+    camera: str = "scene"
+    image_size: int = 32
+    offsets: tuple[int, int] = (10, 20)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.warmup < 1:
+            raise ValueError("steps, batch_size, checkpoint_every and warmup must be >= 1")
+
+    def recipe_key(self) -> str:
+        doc = asdict(self)
+        doc.pop("steps"), doc.pop("checkpoint_every")
+        return json.dumps(doc, sort_keys=True, default=str)
+
+
+def train_progress(
+    data: Sequence[str | Path],
+    out: str | Path,
+    cfg: ProgressTrainConfig,
+    log: Callable[[str], None] = print,
+    bar: Any = None,
+) -> dict[str, Any]:
+    """Train (or resume) the progress classifier into ``out``; returns the final metrics.
+
+    Metrics: validation accuracy overall and per pair kind (positive, wrong task, reversed, wrong goal).
+    """
+    from policies.high_level.progress import ProgressClassifier, ProgressConfig, bce, progress_batch
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    rank, world = dist_info()
+    pairs = SubgoalPairs(data, cfg.camera, cfg.image_size, min_steps=2)
+    order = np.random.default_rng(cfg.seed).permutation(len(pairs))
+    n_val = int(round(cfg.val_episodes * len(pairs)))
+    train_set = pairs.subset(sorted(order[n_val:]))
+    val_set = pairs.subset(sorted(order[:n_val])) if n_val else train_set
+    pcfg = ProgressConfig(tasks=pairs.tasks, image_size=cfg.image_size)
+    torch.manual_seed(cfg.seed)
+    model = ProgressClassifier(pcfg)
+    opt = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = 0
+    state = load_train_state(out)
+    if state is not None:
+        tensors, meta = state
+        if meta.get("recipe") != cfg.recipe_key() or meta.get("tasks") != list(pcfg.tasks):
+            raise ValueError(f"{out} holds training state of another recipe or data; use a new --out")
+        model.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        optimizer_from_tensors(opt, tensors, meta["optimizer"])
+        step = int(meta["step"])
+        log(f"resuming at step {step}")
+    rng = np.random.default_rng([cfg.seed, rank, step])
+
+    def ids(data: SubgoalPairs) -> list[int]:
+        return [pcfg.tasks.index(t) for t in data.task_names]
+
+    train_ids, val_ids = ids(train_set), ids(val_set)
+    log(f"data: {len(train_set)} training episodes, {n_val} validation; tasks {list(pcfg.tasks)}")
+    if bar is not None:
+        bar.update(step)
+
+    @torch.no_grad()
+    def validate() -> dict[str, float]:
+        vr = np.random.default_rng(12345)
+        cur, cand, task, label, kinds = progress_batch(
+            val_set.frames, val_ids, 1024, cfg.offsets, len(pcfg.tasks), pcfg.mix, vr
+        )
+        model.net.eval()
+        correct = ((model.net(cur, cand, task) > 0).float() == label).numpy()
+        names = ("positive", "wrong_task", "reversed", "wrong_goal")
+        acc = {
+            f"val_acc_{names[k]}": float(correct[kinds == k].mean()) for k in range(4) if (kinds == k).any()
+        }
+        return {"val_acc": float(correct.mean()), **acc}
+
+    metrics: dict[str, Any] = {}
+    losses: list[float] = []
+    while step < cfg.steps:
+        model.net.train()
+        cur, cand, task, label, _ = progress_batch(
+            train_set.frames, train_ids, cfg.batch_size, cfg.offsets, len(pcfg.tasks), pcfg.mix, rng
+        )
+        loss = bce(model.net(cur, cand, task), label)
+        for g in opt.param_groups:
+            g["lr"] = warmup_cosine(step, cfg.steps, cfg.warmup, cfg.lr)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if world > 1:
+            allreduce_gradients(model.net, world)
+        opt.step()
+        step += 1
+        losses.append(float(loss.detach()))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            metrics = {**validate(), "train_loss": float(np.mean(losses[-200:])), "step": step,
+                       "train_seconds": time.perf_counter() - t0, "world_size": world}  # fmt: skip
+            if rank == 0:
+                model.save(out, metrics)
+                opt_t, opt_meta = optimizer_to_tensors(opt)
+                tensors = {**{f"net.{k}": v for k, v in model.net.state_dict().items()}, **opt_t}
+                meta = {"step": step, "optimizer": opt_meta, "recipe": cfg.recipe_key(),
+                        "tasks": list(pcfg.tasks), "world_size": world}  # fmt: skip
+                save_train_state(out, tensors, meta)
+            log(f"step {step}: loss {metrics['train_loss']:.4f}, val accuracy {metrics['val_acc']:.3f}")
+    if not metrics:
+        metrics = validate()
+    if world > 1:
+        dist.barrier()
+    return metrics
