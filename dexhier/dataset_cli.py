@@ -86,6 +86,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from dexhier.dataset_review import contact_sheet, episode_detail
 
     detail = episode_detail(args.root, args.index)
+    sheet = contact_sheet(args.root, args.index, args.camera) if args.frames is not None else None
     for key in (
         "index",
         "steps",
@@ -107,7 +108,6 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.frames is not None:
         import imageio.v3 as iio
 
-        sheet = contact_sheet(args.root, args.index, args.camera)
         args.frames.parent.mkdir(parents=True, exist_ok=True)
         iio.imwrite(args.frames, sheet)
         print(f"wrote {args.frames} ({sheet.shape[1]}x{sheet.shape[0]})")
@@ -117,15 +117,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from dexhier.dataset_review import remove_episode
+    from dexhier.dataset_review import remove_episodes
 
-    removed = []
+    removed = [str(p) for p in remove_episodes(args.root, list(args.index))]
     for index in args.index:
-        try:
-            paths = remove_episode(args.root, index)
-        except KeyError as err:
-            raise ValueError(str(err).strip("'\"")) from None
-        removed += [str(p) for p in paths]
         print(f"removed episode {index}")
     _emit(args, {"removed": removed})
     return 0

@@ -15,10 +15,8 @@ from typing import Any
 import numpy as np
 
 from dexhier import vocabulary as V
-from dexhier.episode_journal import inflight_indices, journal_path, recover
-from dexhier.episodes import Episode, EpisodeDataset, EpisodeWriter
-
-BAGS_DIR = "bags"
+from dexhier.episode_journal import JOURNAL_PREFIX, DatasetLock, inflight_indices, journal_path, recover
+from dexhier.episodes import BAGS_DIR, TMP_PREFIX, Episode, EpisodeDataset, EpisodeWriter
 
 
 def _dir_bytes(path: Path) -> int:
@@ -83,7 +81,7 @@ def dataset_info(root: str | os.PathLike[str]) -> dict[str, Any]:
         "steps": sum(r["steps"] for r in rows),
         "duration_s": round(sum(r["duration_s"] for r in rows), 3),
         "inflight_journals": inflight_indices(root),
-        "bags": sorted(p.name for p in (Path(root) / BAGS_DIR).glob("*.mcap")),
+        "bags": sorted(p.name for p in (Path(root) / BAGS_DIR).glob("episode_*.mcap")),
         "size_mb": round(_dir_bytes(Path(root)) / 1e6, 3),
     }
 
@@ -116,31 +114,51 @@ def contact_sheet(root: str | os.PathLike[str], index: int, camera: str, frames:
     return np.concatenate([images[i] for i in picks], axis=1)
 
 
-def remove_episode(root: str | os.PathLike[str], index: int) -> list[Path]:
-    """Delete a committed episode and its bag; returns the removed paths."""
-    ds = EpisodeDataset(root)
-    ep = ds.episode(index)  # KeyError if absent
-    removed = [ep.path]
-    bag = ep.meta.get("bag")
-    shutil.rmtree(ep.path)
-    if bag:
-        p = Path(root) / bag
-        if p.exists():
-            p.unlink()
-            removed.append(p)
-    return removed
+def remove_episodes(root: str | os.PathLike[str], indices: list[int]) -> list[Path]:
+    """Delete committed episodes and their bags; returns the removed paths.
+
+    Every index is checked before anything is deleted (KeyError names the first missing one). An
+    episode is renamed out of the readers' sight first, so an interrupted removal never leaves a
+    half-deleted episode under its final name.
+    """
+    with DatasetLock(root):
+        ds = EpisodeDataset(root)
+        episodes = [ds.episode(i) for i in indices]  # KeyError before any deletion
+        removed: list[Path] = []
+        for ep in episodes:
+            hidden = ep.path.with_name(f"{TMP_PREFIX}rm-{ep.path.name}")
+            ep.path.replace(hidden)
+            shutil.rmtree(hidden)
+            removed.append(ep.path)
+            bag = ep.meta.get("bag")
+            if bag and (Path(root) / bag).exists():
+                (Path(root) / bag).unlink()
+                removed.append(Path(root) / bag)
+        return removed
 
 
-def recover_dataset(root: str | os.PathLike[str]) -> list[str]:
-    """Recover the journals a crash left (see `dexhier.episode_journal.recover`); rename in-flight bags."""
+def recover_dataset(root: str | os.PathLike[str], take_lock: bool = True) -> list[str]:
+    """Recover what a crashed recorder left: journals become episodes marked incomplete (see
+    `dexhier.episode_journal.recover`), in-flight bags are renamed ``*.incomplete.mcap``.
+
+    Takes the dataset's lock (RuntimeError if a recorder is running on it) unless ``take_lock`` is
+    False because the caller, a recorder starting up, holds it already.
+    """
+    if take_lock:
+        with DatasetLock(root):
+            return recover_dataset(root, take_lock=False)
     ds = EpisodeDataset(root)
-    journals = set(inflight_indices(root))
-    messages = [r.message for r in recover(EpisodeWriter(root, ds.meta))]
-    for bag in sorted((Path(root) / BAGS_DIR).glob(".inflight-*.mcap")):
-        name = bag.name.removeprefix(".inflight-").removesuffix(".mcap")
+    messages: list[str] = []
+    bags: dict[int, str] = {}
+    for bag in sorted((Path(root) / BAGS_DIR).glob(f"{JOURNAL_PREFIX}episode_*.mcap")):
+        name = bag.name.removeprefix(JOURNAL_PREFIX).removesuffix(".mcap")
         target = bag.with_name(f"{name}.incomplete.mcap")
         bag.replace(target)
+        bags[int(name.removeprefix("episode_"))] = f"{BAGS_DIR}/{target.name}"
         messages.append(f"bag {bag.name} was left by a crash (no footer): renamed {target.name}")
+    journals = set(inflight_indices(root))
+    results = recover(EpisodeWriter(root, ds.meta), lambda i: {"bag": bags[i]} if i in bags else {})
+    messages = [r.message for r in results] + messages
     for index in journals:
         if journal_path(root, index).exists():
             messages.append(f"episode {index}: journal kept in place (see above)")

@@ -18,12 +18,13 @@ Readers of the dataset never look at journals (their names start with a dot).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +45,9 @@ from dexhier.episodes import (
 )
 
 JOURNAL_PREFIX = ".inflight-"
+"""Prefix of a journal directory, and of a teleop bag being written."""
 JOURNAL_FILE = "journal.json"
+LOCK_FILE = ".lock"
 _CHUNK_RE = re.compile(r"chunk_(\d{6})\.npz")
 _JOURNAL_RE = re.compile(re.escape(JOURNAL_PREFIX) + r"episode_(\d{6,})")
 
@@ -95,14 +98,18 @@ class JournaledRecorder:
         self.flush_every = flush_every
         self._flushed = 0
         self._chunks = 0
-        self.path.mkdir()
         doc = {
             "index": index,
             "meta": dict(meta),
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        write_durably(self.path / JOURNAL_FILE, json.dumps(doc, indent=2).encode("utf-8"))
-        fsync_dir(self.path.parent)
+        self.path.mkdir()
+        try:
+            write_durably(self.path / JOURNAL_FILE, json.dumps(doc, indent=2).encode("utf-8"))
+            fsync_dir(self.path.parent)
+        except BaseException:  # a journal without its description would block the index forever
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
 
     @property
     def num_steps(self) -> int:
@@ -131,7 +138,7 @@ class JournaledRecorder:
         final = self.path / f"chunk_{self._chunks:06d}.npz"
         tmp = self.path / f".{final.name}-{uuid.uuid4().hex[:8]}"
         try:
-            write_npz(tmp, arrays)
+            write_npz(tmp, arrays, compress=False)  # stored: deflating stalls the control loop
             os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -179,25 +186,28 @@ def _load_chunks(path: Path) -> tuple[dict[str, np.ndarray], int]:
     return arrays, (lengths.pop() if lengths else 0)
 
 
-def recover(writer: EpisodeWriter) -> list[Recovery]:
+def recover(
+    writer: EpisodeWriter, extra_meta: Callable[[int], dict[str, Any]] | None = None
+) -> list[Recovery]:
     """Turn every journal left in the dataset into a committed episode marked incomplete.
 
     A journal with no flushed step is removed. A journal that cannot be read (a damaged chunk) is
     kept where it is and reported, so no data is deleted that a person might still rescue.
-    Must not run while another process records into the same dataset.
+    ``extra_meta(index)`` adds to a recovered episode's meta (the bag it left, say). Must not run
+    while another process records into the same dataset (hold `DatasetLock`).
     """
     results: list[Recovery] = []
     for index in inflight_indices(writer.root):
         path = journal_path(writer.root, index)
+        if not any(_CHUNK_RE.fullmatch(p.name) for p in path.iterdir()):
+            shutil.rmtree(path, ignore_errors=True)
+            results.append(Recovery(index, "removed", 0, f"episode {index}: no step was flushed"))
+            continue
         try:
             doc = json.loads((path / JOURNAL_FILE).read_text(encoding="utf-8"))
             arrays, steps = _load_chunks(path)
         except (OSError, ValueError, KeyError) as err:
             results.append(Recovery(index, "kept", 0, f"journal {path} is unreadable ({err}); left in place"))
-            continue
-        if steps == 0:
-            shutil.rmtree(path, ignore_errors=True)
-            results.append(Recovery(index, "removed", 0, f"episode {index}: no step was flushed"))
             continue
         if writer.episode_path(index).exists():
             # Committed, then killed before the journal was deleted: the episode is whole.
@@ -209,7 +219,12 @@ def recover(writer: EpisodeWriter) -> list[Recovery]:
             rec.add_step({k: a[t] for k, a in arrays.items()})
         rec.commit(
             success=False,
-            meta={"incomplete": True, "end_reason": INCOMPLETE_REASON, "recovered_steps": steps},
+            meta={
+                "incomplete": True,
+                "end_reason": INCOMPLETE_REASON,
+                "recovered_steps": steps,
+                **(extra_meta(index) if extra_meta is not None else {}),
+            },  # fmt: skip
         )
         shutil.rmtree(path, ignore_errors=True)
         results.append(
@@ -218,3 +233,45 @@ def recover(writer: EpisodeWriter) -> list[Recovery]:
             )
         )
     return results
+
+
+class DatasetLock:
+    """An exclusive lock on a dataset (``ROOT/.lock``, ``fcntl.flock``) for one recording process.
+
+    Recorders hold it while they run, and ``dataset recover`` / ``rm`` take it, so they never touch
+    the journal of an episode another process is writing. The kernel drops it when the holder dies
+    (even by ``kill -9``), so a crash never leaves the dataset locked.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.path = Path(root) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> DatasetLock:
+        """Take the lock; RuntimeError naming the holder's pid if another process has it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RuntimeError(
+                f"{self.path.parent} is in use by another recording process (pid {holder}); "
+                "stop it first, or record into another directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> DatasetLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

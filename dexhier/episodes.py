@@ -48,6 +48,8 @@ FORMAT_VERSION = 1
 
 DATASET_FILE = "dataset.json"
 EPISODES_DIR = "episodes"
+BAGS_DIR = "bags"
+"""Teleop recordings: one MCAP file of raw topics per episode (see ``docs/episode_format.md``)."""
 STEPS_FILE = "steps.npz"
 EPISODE_FILE = "episode.json"
 TMP_PREFIX = ".tmp-"
@@ -130,14 +132,15 @@ def write_durably(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+def write_npz(path: Path, arrays: Mapping[str, np.ndarray], compress: bool = True) -> None:
     """Write an ``np.load``-compatible compressed npz (as ``np.savez_compressed`` does) and fsync it.
 
     The zip is written here rather than with ``np.savez_compressed(f, **arrays)`` because that call
     would take keys such as ``"file"`` or ``"allow_pickle"`` for its own keyword arguments.
     """
     with open(path, "xb") as f:
-        with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_DEFLATED) as zf:
+        method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+        with zipfile.ZipFile(f, mode="w", compression=method) as zf:
             for key, array in arrays.items():
                 with zf.open(key + ".npy", mode="w", force_zip64=True) as member:
                     np.lib.format.write_array(member, array, allow_pickle=False)

@@ -47,7 +47,7 @@ def _motion(t0: float, t1: float, dt: float = 0.05, **kw) -> list[dict]:
 def test_scripted_teleop_records_episodes_with_request_sent_and_bags(tmp_path):
     records = list(expert_stream(TASK, seed=0, episodes=2))
     summary, logs, cfg = _run(tmp_path, records)
-    assert summary.saved == 2 and summary.stop_reason == "quit", logs  # the stream ends with QUIT
+    assert summary.kept == 2 and summary.stop_reason == "quit", logs  # the stream ends with QUIT
     ds = EpisodeDataset(cfg.out)
     assert ds.meta["source"] == "teleop" and ds.indices == [0, 1]
     limits_lo = np.array(ds.meta["action_lower"])
@@ -237,7 +237,7 @@ def test_sigkill_mid_episode_loses_no_saved_episode_and_recording_resumes(tmp_pa
     out, stream = tmp_path / "data", tmp_path / "stream.jsonl"
     _slow_stream(stream, episodes=5)
     env = {**os.environ, "MUJOCO_GL": "egl"}
-    proc = subprocess.Popen(_teleop_cmd(out, stream), env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_teleop_cmd(out, stream), env=env, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # one episode saved and the next one flushed its first chunk
@@ -273,10 +273,11 @@ def test_sigkill_mid_episode_loses_no_saved_episode_and_recording_resumes(tmp_pa
     crashed = ds.episode(n)
     assert crashed.meta["incomplete"] is True and not crashed.success and 40 <= len(crashed) < 80
     assert ds.episode(n + 1).success and len(ds.episode(n + 1)) == 80
-    # The crashed episode's bag has no footer; `dataset recover` names it so.
-    messages = recover_dataset(out)
-    assert any("no footer" in m for m in messages)
-    assert (out / "bags" / f"episode_{n:06d}.incomplete.mcap").exists()
+    # The crashed episode's bag has no footer: the resumed session renamed it and linked it.
+    assert "no footer" in res.stderr
+    assert crashed.meta["bag"] == f"bags/episode_{n:06d}.incomplete.mcap"
+    assert (out / crashed.meta["bag"]).exists() and not is_complete(out / crashed.meta["bag"])
+    assert recover_dataset(out) == []  # nothing left to recover
 
 
 @pytest.fixture
@@ -369,3 +370,64 @@ def test_hand_keypoints_are_retargeted_onto_the_hand(tmp_path):
     tips = rt.fingertip_vectors(q_target)
     assert np.abs(rt.fingertip_vectors(hand_request[-1]) - tips).max() < 0.003, logs
     assert np.abs(rt.fingertip_vectors(hand_request[1]) - tips).max() > 0.01  # low-pass: not at once
+
+
+def test_estop_survives_a_new_scene(tmp_path):
+    records = [
+        {"t": 0.0, "events": ["start"]},
+        *_motion(0.05, 0.3, linear=[0, 0.5, 0]),
+        {"t": 0.3, "events": ["estop"]},
+        {"t": 0.35, "events": ["save"]},  # a new scene is laid out: the latch must hold
+        {"t": 0.5, "events": ["start"]},
+        {"t": 0.6, "events": ["reset_estop"]},
+        {"t": 0.7, "events": ["start"]},
+        *_motion(0.75, 1.0, linear=[0, 0.5, 0]),
+        {"t": 1.0, "events": ["save"]},
+    ]
+    summary, logs, cfg = _run(tmp_path, records)
+    assert any("cannot start while the e-stop is latched" in m for m in logs), logs
+    assert [e.outcome for e in summary.episodes] == ["saved", "saved"]
+    held = EpisodeDataset(cfg.out).episode(0)[V.SAFETY_HELD]
+    assert held[-1] and not EpisodeDataset(cfg.out).episode(1)[V.SAFETY_HELD][1:].any()
+
+
+def test_the_twin_does_not_end_a_late_episode(tmp_path):
+    # tool_open_to's own limit is 5 s from the scene's reset; START comes at 6 s.
+    records = [
+        {"t": 6.0, "events": ["start"]},
+        *_motion(6.05, 7.0, linear=[0, 0.2, 0]),
+        {"t": 7.0, "events": ["fail"]},
+    ]
+    summary, logs, cfg = _run(tmp_path, records, episode_time=60.0)
+    assert [(e.outcome, e.end_reason) for e in summary.episodes] == [("failed", "operator: fail")], logs
+    assert len(EpisodeDataset(cfg.out).episode(0)) == 20
+
+
+def test_episode_time_ends_an_episode(tmp_path):
+    records = [{"t": 0.0, "events": ["start"]}, *_motion(0.05, 2.0, linear=[0, 0.2, 0])]
+    summary, _logs, _cfg = _run(tmp_path, records, episode_time=1.0)
+    assert [(e.outcome, e.end_reason, e.steps) for e in summary.episodes][0] == (
+        "failed",
+        "episode time limit",
+        20,
+    )
+
+
+def test_one_recorder_per_dataset(tmp_path):
+    from dexhier.dataset_review import recover_dataset, remove_episodes
+    from dexhier.episode_journal import DatasetLock
+
+    _run(tmp_path, [{"t": 0.0, "events": ["start"]}, *_motion(0.05, 0.3), {"t": 0.3, "events": ["save"]}])
+    out = tmp_path / "data"
+    with DatasetLock(out):  # another process is recording
+        with pytest.raises(RuntimeError, match="in use by another recording process"):
+            _run(tmp_path, [{"t": 0.0, "events": ["quit"]}])
+        with pytest.raises(RuntimeError, match="in use"):
+            recover_dataset(out)
+        with pytest.raises(RuntimeError, match="in use"):
+            remove_episodes(out, [0])
+    with pytest.raises(KeyError):
+        remove_episodes(out, [0, 7])  # every index is checked before anything is deleted
+    assert EpisodeDataset(out).indices == [0]
+    remove_episodes(out, [0])
+    assert EpisodeDataset(out).indices == [] and not list((out / "bags").glob("*.mcap"))

@@ -12,7 +12,8 @@ from typing import Any
 DEVICE_HELP = (
     "keyboard: a plain terminal, keys below; spacemouse: 3Dconnexion via pyspacemouse; gamepad: evdev; "
     "handpose: hand keypoints on the ROS topic /dexhier/teleop/hand_keypoints (geometry_msgs/PoseArray, "
-    "21 points in the wrist frame) retargeted to the hand, arm from the keyboard; replay: a recorded "
+    "21 points in the wrist frame) retargeted to the hand, the arm from the keyboard or --replay FILE; "
+    "spacemouse and gamepad take episode events from the terminal's keys too; replay: a recorded "
     "JSON Lines stream (--replay FILE) or the expert's motion as a scripted stream (--replay expert)."
 )
 
@@ -57,24 +58,63 @@ def add_teleop_parser(sub: Any, parser_class: type[argparse.ArgumentParser], tas
 
 
 def _device(args: argparse.Namespace, config: Any) -> Any:
-    from dexhier.teleop.devices import ReplayDevice, make_device
+    """The device of ``--device``, with terminal keys for episode events where the device lacks them."""
+    from dexhier.teleop.devices import (
+        CompositeDevice,
+        EventMerge,
+        HandPoseDevice,
+        KeyboardDevice,
+        ReplayDevice,
+        make_device,
+    )
 
-    if args.device != "replay":
-        if args.replay or args.save_stream:
-            raise ValueError("--replay and --save-stream apply to --device replay only")
-        if args.no_realtime:
-            raise ValueError("--no-realtime applies to --device replay only (a person is in the loop)")
-        return make_device(args.device)
+    if args.device not in ("replay", "handpose") and (args.replay or args.save_stream):
+        raise ValueError("--replay and --save-stream apply to --device replay (or handpose, for the arm)")
+    if args.device != "replay" and args.no_realtime:
+        raise ValueError("--no-realtime applies to --device replay only (a person is in the loop)")
+    if args.device == "keyboard":
+        return make_device("keyboard")
+    if args.device in ("spacemouse", "gamepad"):
+        device = make_device(args.device)
+        # Episode events (start, save, e-stop, quit ...) from the terminal's keys as well.
+        return EventMerge(device, KeyboardDevice()) if sys.stdin.isatty() else device
+    if args.device == "handpose":
+        from dexhier.teleop.hand_topic import HandKeypointTopic
+
+        hand = HandPoseDevice()
+        if args.replay:
+            arm = ReplayDevice(Path(args.replay))
+        elif sys.stdin.isatty():
+            arm = KeyboardDevice()
+        else:
+            raise ValueError(
+                "--device handpose needs the arm from the keyboard (a terminal) or --replay FILE"
+            )
+        topic = HandKeypointTopic(hand)
+        device = CompositeDevice(arm, hand)
+        close = device.close
+
+        def close_all() -> None:  # the topic's thread goes with the device
+            try:
+                close()
+            finally:
+                topic.close()
+
+        device.close = close_all
+        return device
     if not args.replay:
         raise ValueError("--device replay needs --replay FILE or --replay expert")
     if args.replay != "expert":
         return ReplayDevice(Path(args.replay))
+    from dexhier.episode_journal import next_index
     from dexhier.teleop.devices import write_replay
     from dexhier.teleop.scripted import expert_stream
 
     if args.episodes is None:
         raise ValueError("--replay expert needs --episodes N")
-    records = list(expert_stream(args.task, args.seed, args.episodes, config))
+    # Resuming into a dataset: its next episode is laid out with seed SEED + next index.
+    first = next_index(args.out) if (args.out / "dataset.json").is_file() else 0
+    records = list(expert_stream(args.task, args.seed + first, args.episodes, config))
     if args.save_stream:
         write_replay(args.save_stream, records)
     return ReplayDevice.from_records(records)
@@ -121,7 +161,7 @@ def cmd_teleop(args: argparse.Namespace) -> int:
                 f"then run `dexhier dataset recover {args.out}` to keep the episode that was in flight",
             ) from err
         raise
-    kept = summary.saved
+    kept = summary.kept
     print(f"kept {kept} episodes in {args.out} ({summary.stop_reason})")
     if args.json:
         print(json.dumps(summary.to_json(), default=float))

@@ -22,7 +22,7 @@ class TeleopEvent(enum.StrEnum):
     FAIL = "fail"  # end the episode and keep it, marked failed
     DISCARD = "discard"  # end the episode and drop it
     RERECORD = "rerecord"  # drop the episode in flight and start it again
-    QUIT = "quit"  # stop the session (an episode in flight is discarded)
+    QUIT = "quit"  # stop the session (an episode in flight is kept, marked incomplete)
     ESTOP = "estop"  # latch the e-stop
     RESET_ESTOP = "reset_estop"  # release the e-stop
     SPEED_UP = "speed_up"
@@ -80,6 +80,11 @@ class DeviceCommand:
             elif not np.all(np.isfinite(k)):
                 out.append("hand_keypoints are not finite")
         return out
+
+    def axes(self) -> list[float]:
+        """The motion as the 7 axes of the recorded ``sensor_msgs/Joy``: linear xyz, angular xyz, grip."""
+        return [*map(float, np.asarray(self.linear, float)), *map(float, np.asarray(self.angular, float)),
+                float(self.grip)]  # fmt: skip
 
     def motionless(self) -> DeviceCommand:
         """The same command with no motion and the clutch released; events are kept."""

@@ -18,6 +18,7 @@ from scipy.spatial.transform import Rotation
 from dexhier.teleop.commands import DeviceCommand, TeleopEvent
 from sim.expert import PinchPostures
 from sim.ik import ArmIK
+from sim.twin import TwinEnv, tcp_in_flange
 
 
 class HandMode(enum.StrEnum):
@@ -216,6 +217,27 @@ class TeleopController:
         self.speed = SpeedControl(config)
         self._retargeter = None
         self.retarget_errors = 0
+        self.tcp_key: tuple = ()
+
+    @classmethod
+    def for_env(
+        cls, env: TwinEnv, config: TeleopConfig, previous: TeleopController | None = None
+    ) -> TeleopController:
+        """The controller for the twin ``env`` just reset: its IK solves for the tool tips, whose pose in
+        the flange is known only once the tool sits in the hand. Returns ``previous`` when that pose is
+        unchanged; a new controller keeps ``previous``'s speed step (the operator's choice)."""
+        pos, rot = tcp_in_flange(env)
+        key = (tuple(np.round(pos, 6)), tuple(np.round(rot.ravel(), 6)))
+        if previous is not None and previous.tcp_key == key:
+            return previous
+        r, spec = env.robot, env.action_spec
+        hand = slice(r.n_arm, None)
+        ik = ArmIK(env.config.cell, r.arm_joints, pos, rot, dt=config.dt)
+        controller = cls(ik, r.hand_joints, r.home[hand], spec.lower[hand], spec.upper[hand], config)
+        controller.tcp_key = key
+        if previous is not None:
+            controller.speed.index = previous.speed.index
+        return controller
 
     def reset(self, arm_q: np.ndarray) -> None:
         """New episode (or after an e-stop): anchor at the measured arm joints, open synergy."""

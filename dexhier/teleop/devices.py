@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import errno
 import json
 import math
@@ -879,3 +880,38 @@ def make_device(kind: str, **kwargs: Any) -> TeleopDevice:
     except KeyError:
         raise ValueError(f"unknown device kind {kind!r}; valid kinds: {', '.join(DEVICE_KINDS)}") from None
     return factory(**kwargs)
+
+
+class EventMerge:
+    """``device``'s motion, clutch, grip and keypoints, with the events of both ``device`` and ``events``.
+
+    Lets a terminal's keys (START, SAVE, E-STOP, QUIT, ...) drive the episodes of a device that has
+    too few buttons, such as a SpaceMouse. Either device disconnecting disconnects the merge.
+    """
+
+    def __init__(self, device: TeleopDevice, events: TeleopDevice) -> None:
+        self.device = device
+        self.events = events
+        self.name = f"{device.name}+{events.name}-events"
+
+    def poll(self, now: float) -> DeviceCommand:
+        c = self.device.poll(now)
+        extra = self.events.poll(now).events
+        return dataclasses.replace(c, events=c.events + extra) if extra else c
+
+    def close(self) -> None:
+        try:
+            self.device.close()
+        finally:
+            self.events.close()
+
+
+def keypoints_from_poses(positions: Sequence[tuple[float, float, float]]) -> np.ndarray:
+    """(21, 3) keypoints from the 21 pose positions of a ``geometry_msgs/PoseArray`` (m, wrist frame).
+
+    ValueError for another number of poses. Non-finite values are kept: the session reports them.
+    """
+    k = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    if k.shape != (21, 3):
+        raise ValueError(f"hand keypoints need 21 poses, got {len(k)}")
+    return k

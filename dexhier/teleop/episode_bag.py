@@ -19,13 +19,11 @@ from pathlib import Path
 
 import numpy as np
 from dexhier_ros import messages as M
-from sensor_msgs.msg import Joy
 
 from dexhier import vocabulary as V
+from dexhier.episode_journal import JOURNAL_PREFIX
 from dexhier.teleop.bag import RELIABLE_QOS, SENSOR_QOS, McapBagWriter
 from dexhier.teleop.commands import DeviceCommand
-
-INFLIGHT_PREFIX = ".inflight-"
 
 
 class EpisodeBag:
@@ -36,7 +34,7 @@ class EpisodeBag:
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.final = directory / f"{name}.mcap"
-        self.path = directory / f"{INFLIGHT_PREFIX}{name}.mcap"
+        self.path = directory / f"{JOURNAL_PREFIX}{name}.mcap"
         self.names = list(joint_names)
         self.n_arm = n_arm
         self.writer = McapBagWriter(self.path)
@@ -71,12 +69,7 @@ class EpisodeBag:
         for cam in cameras:
             frame = V.FRAME_SCENE_CAMERA if cam == "scene" else V.FRAME_WRIST_CAMERA
             self.writer.write_message(V.camera_topic(cam), M.image(obs[V.rgb_key(cam)], t, frame), ns)
-        joy = Joy()
-        joy.header.stamp = M.to_time(t)
-        axes = np.concatenate([np.asarray(cmd.linear, float), np.asarray(cmd.angular, float), [cmd.grip]])
-        joy.axes = [float(a) for a in axes]
-        joy.buttons = [int(bool(cmd.clutch))]
-        self.writer.write_message(V.TOPIC_TELEOP_JOY, joy, ns)
+        self.writer.write_message(V.TOPIC_TELEOP_JOY, M.joy(cmd.axes(), [int(bool(cmd.clutch))], t), ns)
         a = self.n_arm
         for group, sl in (("arm", slice(0, a)), ("hand", slice(a, None))):
             names = self.names[sl]

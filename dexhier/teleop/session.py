@@ -26,17 +26,18 @@ import numpy as np
 
 from dexhier import vocabulary as V
 from dexhier.collection import dataset_meta
-from dexhier.episode_journal import JournaledRecorder, Recovery, next_index, recover
-from dexhier.episodes import EpisodeWriter, episode_dirname
+from dexhier.dataset_review import recover_dataset
+from dexhier.episode_journal import DatasetLock, JournaledRecorder, next_index
+from dexhier.episodes import BAGS_DIR, EpisodeWriter, episode_dirname
 from dexhier.safety import SafetyLimits, SafetySupervisor, Verdict
 from dexhier.teleop.commands import DeviceCommand, DeviceDisconnectedError, TeleopEvent
-from dexhier.teleop.control import TeleopConfig, TeleopController
+from dexhier.teleop.control import HandMode, TeleopConfig, TeleopController
 from dexhier.teleop.devices import TeleopDevice
 from dexhier.teleop.episode_bag import EpisodeBag
-from sim.ik import ArmIK
-from sim.twin import TwinConfig, TwinEnv, tcp_in_flange
+from sim.twin import TwinConfig, TwinEnv
 
-BAGS_DIR = "bags"
+TWIN_TIME_LIMIT = 24 * 3600.0
+"""The twin's own episode limit in a teleop session, s: in effect none."""
 
 
 @dataclass(frozen=True)
@@ -91,19 +92,20 @@ class SessionSummary:
     """The result of `TeleopSession.run`."""
 
     episodes: list[EpisodeSummary] = field(default_factory=list)
-    recovered: list[Recovery] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
     stop_reason: str = ""
     invalid_commands: int = 0
 
     @property
-    def saved(self) -> int:
+    def kept(self) -> int:
+        """Episodes committed to the dataset: saved, failed or incomplete (not discarded)."""
         return sum(e.outcome in ("saved", "failed", "incomplete") for e in self.episodes)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "saved": self.saved,
+            "kept": self.kept,
             "episodes": [vars(e) for e in self.episodes],
-            "recovered": [vars(r) for r in self.recovered],
+            "recovered": self.recovered,
             "stop_reason": self.stop_reason,
             "invalid_commands": self.invalid_commands,
         }
@@ -154,6 +156,9 @@ class TeleopSession:
                 render=True,
                 points=False,
                 control_hz=config.teleop.control_hz,
+                # The operator ends episodes (or `episode_time` does); the task's own limit would
+                # end one early, counted from the scene's reset, and re-lay an idle scene.
+                time_limit=TWIN_TIME_LIMIT,
             )
         )
         meta = {**dataset_meta(self.env), "source": "teleop"}
@@ -165,31 +170,20 @@ class TeleopSession:
             spec, config.teleop.max_joint_velocity, stale_after=config.teleop.stale_after
         )
         self.controller: TeleopController | None = None
-        self._tcp_key: tuple | None = None
+        self.supervisor: SafetySupervisor | None = None
         self.summary = SessionSummary()
 
     # ------------------------------------------------------------------ scene
-    def _build_controller(self) -> None:
-        """(Re)build the IK when the tool-tip pose in the flange changed (it is known after a reset)."""
-        pos, rot = tcp_in_flange(self.env)
-        key = (tuple(np.round(pos, 6)), tuple(np.round(rot.ravel(), 6)))
-        if key == self._tcp_key:
-            return
-        env, cfg = self.env, self.config.teleop
-        r, spec = env.robot, env.action_spec
-        ik = ArmIK(env.config.cell, r.arm_joints, pos, rot, dt=cfg.dt)
-        speed = self.controller.speed.index if self.controller is not None else cfg.initial_speed
-        self.controller = TeleopController(
-            ik, r.hand_joints, r.home[r.n_arm :], spec.lower[r.n_arm :], spec.upper[r.n_arm :], cfg
-        )
-        self.controller.speed.index = speed
-        self._tcp_key = key
-
     def _reset_scene(self) -> dict[str, np.ndarray]:
         obs = self.env.reset(self._seed)
-        self._build_controller()
+        self.controller = TeleopController.for_env(self.env, self.config.teleop, previous=self.controller)
         self.controller.reset(obs[V.OBS_ARM_QPOS])
+        # A fresh supervisor (the twin's clock restarts at 0), but the e-stop latch carries over:
+        # only RESET_ESTOP releases it, never a new scene.
+        latched = self.supervisor is not None and self.supervisor.estopped
         self.supervisor = SafetySupervisor(self.limits)
+        if latched:
+            self.supervisor.estop(True, 0.0)
         self._last_sent = np.concatenate([obs[V.OBS_ARM_QPOS], obs[V.OBS_HAND_QPOS]])
         return obs
 
@@ -279,9 +273,17 @@ class TeleopSession:
     def run(self) -> SessionSummary:
         """Run until QUIT, the device ends, or ``config.episodes`` episodes are saved."""
         cfg = self.config
-        self.summary.recovered = recover(self.writer)
-        for r in self.summary.recovered:
-            self.log(f"recovered: {r.message}")
+        lock = DatasetLock(cfg.out).acquire()  # RuntimeError if another recorder uses the dataset
+        try:
+            return self._run()
+        finally:
+            lock.release()
+
+    def _run(self) -> SessionSummary:
+        cfg = self.config
+        self.summary.recovered = recover_dataset(cfg.out, take_lock=False)
+        for message in self.summary.recovered:
+            self.log(f"recovered: {message}")
         obs = self._next_scene()
         ep: _Recording | None = None
         k = 0
@@ -348,7 +350,7 @@ class TeleopSession:
 
     def _enough(self) -> bool:
         n = self.config.episodes
-        return n is not None and self.summary.saved >= n
+        return n is not None and self.summary.kept >= n
 
     def _handle_events(
         self, events: tuple[TeleopEvent, ...], ep: _Recording | None, obs: dict[str, np.ndarray]
@@ -454,6 +456,12 @@ class TeleopSession:
         step[V.TELEOP_GRIP] = float(cmd.grip) if valid else 0.0
         step[V.TELEOP_CLUTCH] = bool(cmd.clutch)
         step[V.TELEOP_VALID] = valid
+        keypoints = (
+            cmd.hand_keypoints if valid and cmd.hand_keypoints is not None else np.full((21, 3), np.nan)
+        )
+        step[V.TELEOP_HAND_KEYPOINTS] = np.asarray(keypoints, dtype=np.float64)
+        step[V.TELEOP_SPEED_SCALE] = float(self.controller.speed.scale)
+        step[V.TELEOP_POWER_GRASP] = self.controller.hand.mode is HandMode.POWER
         step[V.SAFETY_HELD] = decision is None or decision.verdict not in (Verdict.FORWARDED, Verdict.CLAMPED)
         st = info["privileged"]
         step["privileged/object_pos"] = st.object_pos

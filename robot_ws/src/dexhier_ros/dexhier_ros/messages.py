@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from rclpy.qos import DurabilityPolicy, QoSProfile
-from sensor_msgs.msg import CameraInfo, Image, JointState
+from sensor_msgs.msg import CameraInfo, Image, JointState, Joy
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from sim.camera import Intrinsics
@@ -176,4 +176,13 @@ def camera_info(intr: Intrinsics, stamp: float, frame_id: str) -> CameraInfo:
     msg.k = [float(v) for v in intr.matrix().ravel()]
     msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     msg.p = [intr.fx, 0.0, intr.cx, 0.0, 0.0, intr.fy, intr.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return msg
+
+
+def joy(axes: Sequence[float], buttons: Sequence[int], stamp: float) -> Joy:
+    """A ``sensor_msgs/Joy`` stamped ``stamp`` (s)."""
+    msg = Joy()
+    msg.header.stamp = to_time(stamp)
+    msg.axes = [float(a) for a in axes]
+    msg.buttons = [int(b) for b in buttons]
     return msg

@@ -55,14 +55,12 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from dexhier import vocabulary as V
-from dexhier.episode_journal import JournaledRecorder, next_index
-from dexhier.episodes import EpisodeWriter, episode_dirname
+from dexhier.episode_journal import JOURNAL_PREFIX, DatasetLock, JournaledRecorder, next_index
+from dexhier.episodes import BAGS_DIR, EpisodeWriter, episode_dirname
 from dexhier.teleop.bag import RELIABLE_QOS, SENSOR_QOS, McapBagWriter
 from dexhier_ros import messages as M
 from dexhier_ros.runtime import parameter, run_node
 
-BAGS_DIR = "bags"  # as dexhier.teleop.session and dexhier.dataset_review
-INFLIGHT_PREFIX = ".inflight-"  # as dexhier.teleop.episode_bag
 CAMERA = "scene"
 """The graph's camera (DESIGN.md: /camera/...): the twin's scene camera or the cell's RGB-D camera."""
 DEPTH_TOPIC = "/camera/depth/image_raw"
@@ -158,6 +156,8 @@ class RecorderNode(Node):
 
         meta, self.camera_pose = self._model_meta(size)
         self.writer = EpisodeWriter(self.out, meta)  # ValueError if the dataset was made for another robot
+        # Held for the node's lifetime: no other recorder or `dataset recover` touches our journal.
+        self.lock = DatasetLock(self.out).acquire()
         self.names = tuple(meta["action_names"])
         self.n_arm = len(meta["arm_joints"])
         self.group_names = {"arm": self.names[: self.n_arm], "hand": self.names[self.n_arm :]}
@@ -227,7 +227,7 @@ class RecorderNode(Node):
     def _recover(self) -> None:
         from dexhier.dataset_review import recover_dataset
 
-        for message in recover_dataset(self.out):
+        for message in recover_dataset(self.out, take_lock=False):
             self.get_logger().warning(f"recovered: {message}")
 
     def _now(self) -> float:
@@ -418,7 +418,7 @@ class RecorderNode(Node):
     def _open_bag(self, index: int) -> McapBagWriter:
         directory = self.out / BAGS_DIR
         directory.mkdir(parents=True, exist_ok=True)
-        bag = McapBagWriter(directory / f"{INFLIGHT_PREFIX}{episode_dirname(index)}.mcap")
+        bag = McapBagWriter(directory / f"{JOURNAL_PREFIX}{episode_dirname(index)}.mcap")
         try:
             for spec in TOPICS:
                 bag.add_topic(spec.topic, spec.msgtype, SENSOR_QOS if spec.sensor else RELIABLE_QOS)
@@ -509,7 +509,7 @@ class RecorderNode(Node):
         return bag.path.with_name(f"{episode_dirname(ep.index)}.mcap")
 
     def _name_bag(self, index: int, final: Path) -> None:
-        inflight = final.with_name(f"{INFLIGHT_PREFIX}{final.name}")
+        inflight = final.with_name(f"{JOURNAL_PREFIX}{final.name}")
         try:
             inflight.replace(final)
         except OSError as err:
@@ -579,13 +579,14 @@ class RecorderNode(Node):
         """Shutting down mid-episode keeps what was recorded, marked incomplete (as QUIT in the twin loop)."""
         if self.ep is not None:
             self._finish("incomplete", "the recorder was shut down")
+        self.lock.release()
 
 
 def main(args: list[str] | None = None) -> None:
     def make() -> RecorderNode:
         try:
             return RecorderNode()
-        except (ValueError, OSError) as err:  # bad parameter, a dataset of another robot, no disk
+        except (ValueError, RuntimeError, OSError) as err:  # bad parameter, another robot's dataset, in use
             print(f"recorder: error: {err}", flush=True)
             raise SystemExit(2) from None
 

@@ -62,12 +62,12 @@ from dexhier.teleop.devices import (
     CompositeDevice,
     HandPoseDevice,
     TeleopDevice,
+    keypoints_from_poses,
     make_device,
 )
 from dexhier_ros import messages as M
 from dexhier_ros.runtime import parameter, run_node
-from sim.ik import ArmIK
-from sim.twin import TwinConfig, TwinEnv, tcp_in_flange
+from sim.twin import TwinConfig, TwinEnv
 
 RECORDER_EVENTS = {
     TeleopEvent.START: "start",
@@ -81,7 +81,6 @@ FRONT_END_EVENTS = frozenset({*RECORDER_EVENTS, TeleopEvent.ESTOP, TeleopEvent.R
 """Events this node handles in order (speed and hand-mode events go to the controller at once)."""
 SERVICE_TIMEOUT = 5.0
 """Wall seconds a HOME / RESET_ESTOP waits for its service before the node gives up on it."""
-HAND_KEYPOINTS = 21
 
 
 def open_device(kind: str, replay_file: str) -> tuple[TeleopDevice, HandPoseDevice | None]:
@@ -132,7 +131,6 @@ class TeleopNode(Node):
         )
         self.arm_joints, self.hand_joints = self.model_env.robot.arm_joints, self.model_env.robot.hand_joints
         self.controller: TeleopController | None = None
-        self.tcp_key: tuple | None = None
         self._build_controller(seed=0)
 
         reliable = QoSProfile(depth=10)
@@ -175,21 +173,8 @@ class TeleopNode(Node):
     def _build_controller(self, seed: int) -> None:
         """(Re)build the controller for the twin scene ``seed``: the tool-tip pose in the flange is
         known after a reset (the tool sits in the hand). Kept when the pose did not change."""
-        env, cfg = self.model_env, self.config
-        env.reset(seed)
-        pos, rot = tcp_in_flange(env)
-        key = (tuple(np.round(pos, 6)), tuple(np.round(rot.ravel(), 6)))
-        if key == self.tcp_key:
-            return
-        r, spec = env.robot, env.action_spec
-        hand = slice(r.n_arm, None)
-        ik = ArmIK(env.config.cell, r.arm_joints, pos, rot, dt=cfg.dt)
-        speed = self.controller.speed.index if self.controller is not None else cfg.initial_speed
-        self.controller = TeleopController(
-            ik, r.hand_joints, r.home[hand], spec.lower[hand], spec.upper[hand], cfg
-        )
-        self.controller.speed.index = speed  # the operator's speed step survives a new scene
-        self.tcp_key = key
+        self.model_env.reset(seed)
+        self.controller = TeleopController.for_env(self.model_env, self.config, previous=self.controller)
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -215,13 +200,11 @@ class TeleopNode(Node):
             self.get_logger().warning("ignored malformed /dexhier/recorder/status", throttle_duration_sec=5.0)
 
     def _on_keypoints(self, msg: PoseArray) -> None:
-        if len(msg.poses) != HAND_KEYPOINTS:
-            self.get_logger().warning(
-                f"ignored hand keypoints: {len(msg.poses)} poses, expected {HAND_KEYPOINTS}",
-                throttle_duration_sec=1.0,
-            )
+        try:
+            k = keypoints_from_poses([(p.position.x, p.position.y, p.position.z) for p in msg.poses])
+        except ValueError as err:
+            self.get_logger().warning(f"ignored hand keypoints: {err}", throttle_duration_sec=1.0)
             return
-        k = np.array([[p.position.x, p.position.y, p.position.z] for p in msg.poses])
         self.hand_device.feed(k, M.from_time(msg.header.stamp))  # NaN is kept: problems() reports it
 
     # -------------------------------------------------------------------- loop
@@ -316,12 +299,7 @@ class TeleopNode(Node):
         n = len(self.arm_joints)
         self.pub_arm.publish(M.trajectory(self.arm_joints, request[:n], [self.dt]))
         self.pub_hand.publish(M.trajectory(self.hand_joints, request[n:], [self.dt]))
-        joy = Joy()
-        joy.header.stamp = M.to_time(now)
-        axes = np.concatenate([np.asarray(cmd.linear, float), np.asarray(cmd.angular, float), [cmd.grip]])
-        joy.axes = [float(a) for a in axes]
-        joy.buttons = [int(bool(cmd.clutch))]
-        self.pub_joy.publish(joy)
+        self.pub_joy.publish(M.joy(cmd.axes(), [int(bool(cmd.clutch))], now))
 
     # ------------------------------------------------------------------ events
     def _handle_events(self) -> None:
