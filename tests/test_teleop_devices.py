@@ -552,10 +552,11 @@ def test_gamepad_state_custom_ranges_and_unknown_codes() -> None:
 
 def test_gamepad_buttons_events_once_on_press_and_clutch() -> None:
     g = GamepadState()
-    presses = [BTN_TR, BTN_START, BTN_SOUTH, BTN_EAST, BTN_WEST, BTN_NORTH, BTN_SELECT, BTN_MODE]
+    presses = [BTN_TR, BTN_START, BTN_SOUTH, BTN_EAST, BTN_WEST, BTN_NORTH, BTN_SELECT, BTN_MODE, 317, 318]
     g.feed([(EV_KEY, code, 1) for code in presses] + [(EV_SYN, SYN_REPORT, 0)])
     c = g.command(0.0)
-    assert c.events == (E.HAND_MODE, E.START, E.SAVE, E.FAIL, E.DISCARD, E.RERECORD, E.ESTOP, E.QUIT)
+    assert c.events == (E.HAND_MODE, E.START, E.SAVE, E.FAIL, E.DISCARD, E.RERECORD, E.ESTOP, E.RESET_ESTOP,
+                        E.SPEED_DOWN, E.SPEED_UP)  # fmt: skip
     g.feed([(EV_KEY, BTN_SOUTH, 2), (EV_KEY, BTN_SOUTH, 1)])  # autorepeat / repeated press while held
     assert g.command(0.0).events == ()
     g.feed([(EV_KEY, BTN_SOUTH, 0), (EV_KEY, BTN_SOUTH, 1), (EV_KEY, BTN_SOUTH, 0)])  # a new press

@@ -325,7 +325,7 @@ def test_full_disk_gives_a_clear_error_and_keeps_saved_episodes(tmp_path, tiny_d
 # --- from recording to policy -------------------------------------------------------------------
 
 
-def test_train_lowlevel_from_a_teleop_dataset(tmp_path):
+def test_train_lowlevel_and_subgoal_from_a_teleop_dataset(tmp_path):
     from dexhier.vocabulary import GOAL_RGB, GOAL_TOOL_TIP_GAP
     from policies.low_level.policy import LowLevelPolicy
 
@@ -348,6 +348,15 @@ def test_train_lowlevel_from_a_teleop_dataset(tmp_path):
     lo, hi = np.array(meta["action_lower"]), np.array(meta["action_upper"])
     assert chunk.shape[1] == 22 and np.isfinite(chunk).all()
     assert np.all(chunk >= lo - 1e-9) and np.all(chunk <= hi + 1e-9)
+    # The subgoal generator trains from the same recording.
+    from policies.high_level.generator import SubgoalGenerator
+
+    cmd = [sys.executable, "-m", "dexhier.cli", "train", "subgoal", "--data", str(cfg.out),
+           "--out", str(tmp_path / "subgoal"), "--steps", "2", "--batch-size", "4", "--checkpoint-every", "2",
+           "--threads", "1", "--json"]  # fmt: skip
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert SubgoalGenerator.load(tmp_path / "subgoal").config.tasks == (TASK,)
 
 
 def test_hand_keypoints_are_retargeted_onto_the_hand(tmp_path):

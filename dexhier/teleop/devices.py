@@ -315,9 +315,9 @@ class KeyboardDevice:
     Key map (also in ``KEY_HELP``): w/s = +x/-x, a/d = +y/-y, r/f = +z/-z, q/e = +yaw/-yaw,
     o/c = open/close the tool (grip +1/-1 while held), space = clutch toggle (starts engaged),
     g = HAND_MODE, + or = / - or _ = SPEED_UP / SPEED_DOWN, Enter = START, y = SAVE, n = FAIL,
-    x = DISCARD, b = RERECORD, h = HOME, ! = ESTOP, R (capital) = RESET_ESTOP, Q (capital) or
-    Ctrl-C = QUIT. Other bytes are ignored, and so are escape sequences (arrows, F-keys, Alt+key):
-    F2 / F3 send ``ESC O Q`` / ``ESC O R``, which must not quit or release the e-stop.
+    x = DISCARD, b = RERECORD, h = HOME, ! = ESTOP, # = RESET_ESTOP, Ctrl-C = QUIT (no capital
+    letters, so Caps Lock cannot turn a motion key into one of those). Other bytes are ignored,
+    and so are escape sequences (arrows, F-keys, Alt+key): F2 / F3 send ``ESC O Q`` / ``ESC O R``.
 
     A terminal reports key presses but no releases, so a motion key sets its axis to +-1 for
     ``hold`` s (device clock) and the terminal's autorepeat keeps it alive while the key is held
@@ -580,6 +580,7 @@ ABS_X, ABS_Y, ABS_Z, ABS_RX, ABS_RY, ABS_RZ = 0, 1, 2, 3, 4, 5
 ABS_HAT0X, ABS_HAT0Y = 16, 17
 BTN_SOUTH, BTN_EAST, BTN_NORTH, BTN_WEST = 304, 305, 307, 308
 BTN_TL, BTN_TR, BTN_SELECT, BTN_START, BTN_MODE = 310, 311, 314, 315, 316
+BTN_THUMBL, BTN_THUMBR = 317, 318
 
 _STICKS = (ABS_X, ABS_Y, ABS_RX, ABS_RY)
 _TRIGGERS = (ABS_Z, ABS_RZ)
@@ -599,7 +600,9 @@ _GAMEPAD_EVENTS: dict[int, TeleopEvent] = {
     BTN_WEST: TeleopEvent.DISCARD,
     BTN_NORTH: TeleopEvent.RERECORD,
     BTN_SELECT: TeleopEvent.ESTOP,
-    BTN_MODE: TeleopEvent.QUIT,
+    BTN_MODE: TeleopEvent.RESET_ESTOP,
+    BTN_THUMBL: TeleopEvent.SPEED_DOWN,
+    BTN_THUMBR: TeleopEvent.SPEED_UP,
 }
 
 
@@ -619,7 +622,8 @@ class GamepadState:
     hat right -> +roll, hat up -> +pitch (tilt forward); left trigger (ABS_Z) -> grip open (+),
     right trigger (ABS_RZ) -> grip close (-), the two add up; TL held = clutch (deadman).
     Presses (value 1, not autorepeat 2) give events: TR = HAND_MODE, START = START, SOUTH = SAVE,
-    EAST = FAIL, WEST = DISCARD, NORTH = RERECORD, SELECT = ESTOP, MODE = QUIT.
+    EAST = FAIL, WEST = DISCARD, NORTH = RERECORD, SELECT = ESTOP, MODE = RESET_ESTOP, stick
+    clicks THUMBL / THUMBR = SPEED_DOWN / SPEED_UP. Quit and HOME come from the terminal's keys.
 
     Sticks map their raw (min, max) to [-1, 1], triggers to [0, 1]; both then lose ``deadband``
     (rescaled, see ``decode_spacemouse``). ``axis_ranges`` overrides ``DEFAULT_AXIS_RANGES`` per axis.

@@ -481,7 +481,9 @@ class TeleopSession:
         periods = ep.periods[-20:]
         rate = len(periods) / sum(periods) if periods and sum(periods) > 0 else float("nan")
         bag_mb = ep.bag.nbytes / 1e6 if ep.bag is not None else 0.0
+        cfg = self.config.teleop
+        slow = " SLOW" if rate < cfg.min_rate_fraction * cfg.control_hz else ""  # live, not only at the end
         return (
-            f"REC episode {ep.rec.index} | {ep.rec.num_steps * self.config.teleop.dt:5.1f} s | {rate:4.1f} Hz"
+            f"REC episode {ep.rec.index} | {ep.rec.num_steps * cfg.dt:5.1f} s | {rate:4.1f} Hz{slow}"
             f" | speed {speed:g} | {mode} | bag {bag_mb:.1f} MB | free {free:.1f} GB{estop}"
         )
