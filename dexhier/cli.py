@@ -367,6 +367,21 @@ def cmd_bench_lowlevel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_subgoal(args: argparse.Namespace) -> int:
+    from policies.high_level.bench import bench_subgoal
+
+    for ckpt in (args.checkpoint, args.filter):
+        if ckpt is not None and not (ckpt / "config.json").is_file():
+            raise FileNotFoundError(f"no checkpoint at {ckpt} (config.json missing)")
+    if args.checkpoint is None:
+        print("bench subgoal: no --checkpoint: the default architectures with random weights "
+              "(latency does not depend on the weights)", file=sys.stderr)  # fmt: skip
+    result = bench_subgoal(args.checkpoint, args.filter, args.candidates, args.steps, args.repeats)
+    _print_figures(result, 24, 2)
+    _emit(args, result)
+    return 0
+
+
 def cmd_bench_ros(args: argparse.Namespace) -> int:
     from dexhier.ros_bench import bench_ros
 
@@ -677,6 +692,20 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--workers", type=_positive, default=2, help="parallel worker processes (default: 2)")
     add_json(bl)
     bl.set_defaults(func=cmd_bench_lowlevel)
+    bs = be_sub.add_parser(
+        "subgoal",
+        help="high level: latency of generating N subgoals and selecting one",
+        description="Latency of one high-level decision on one CPU thread: N candidate subgoals from the "
+        "generator (one batched pass per denoising step) plus the progress classifier's selection; "
+        "p50_ms / p99_ms. Without checkpoints, the default architectures with random weights.",
+    )
+    bs.add_argument("--checkpoint", type=Path, help="subgoal generator checkpoint (default: untrained)")
+    bs.add_argument("--filter", type=Path, help="progress classifier checkpoint (default: untrained)")
+    bs.add_argument("--candidates", type=_positive, default=4, help="N (default: 4)")
+    bs.add_argument("--steps", type=_positive, help="denoising steps (default: the generator's)")
+    bs.add_argument("--repeats", type=_positive, default=20, help="timed decisions (default: 20)")
+    add_json(bs)
+    bs.set_defaults(func=cmd_bench_subgoal)
     br = be_sub.add_parser(
         "ros",
         help="latency, control jitter and dropped commands of the ROS 2 graph",

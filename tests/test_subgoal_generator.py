@@ -164,3 +164,13 @@ def test_progress_classifier_learns_direction_and_selects(tmp_path, data_dir):
     assert int(clf.select(cur, cands, torch.tensor([0]))[0]) == 2
     with pytest.raises(ValueError, match="images must be"):
         clf.scores(torch.zeros(1, 3, 32, 32), cands, torch.tensor([0]))
+
+
+def test_bench_subgoal_reports_latency_keys(tmp_path):
+    from policies.high_level.bench import bench_subgoal
+
+    torch.manual_seed(0)
+    SubgoalGenerator(GeneratorConfig(tasks=("a",), **TINY)).save(tmp_path / "g")
+    result = bench_subgoal(tmp_path / "g", None, candidates=2, steps=1, repeats=2)
+    assert result["p50_ms"] > 0 and result["p99_ms"] >= result["p50_ms"] and result["trained_weights"]
+    assert result["image_size"] == 16 and result["candidates"] == 2
