@@ -269,7 +269,8 @@ def test_perception_node_reports_the_tool_opening_through_the_graph(tmp_path):
     env = TwinEnv(TwinConfig(task="tweezer_pick", render=False, points=False))
     qadr, tool = env.tool_qpos_adr, env.tool
     launch = subprocess.Popen(
-        [str(BIN / "dexhier"), "launch", str(ROOT / "launch" / "sim.launch.xml"), "episodes:=2", "seed:=7",
+        # Three episodes: on a loaded machine the encoder can take ~10 s to load, most of two episodes.
+        [str(BIN / "dexhier"), "launch", str(ROOT / "launch" / "sim.launch.xml"), "episodes:=3", "seed:=7",
          f"results_path:={tmp_path / 'r.jsonl'}"],
         stdout=(tmp_path / "launch.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
