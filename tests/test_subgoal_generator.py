@@ -174,3 +174,15 @@ def test_bench_subgoal_reports_latency_keys(tmp_path):
     result = bench_subgoal(tmp_path / "g", None, candidates=2, steps=1, repeats=2)
     assert result["p50_ms"] > 0 and result["p99_ms"] >= result["p50_ms"] and result["trained_weights"]
     assert result["image_size"] == 16 and result["candidates"] == 2
+
+
+def test_guided_sampling_uses_the_extra_passes():
+    torch.manual_seed(0)
+    plain = SubgoalGenerator(GeneratorConfig(tasks=("a", "b"), **TINY))
+    guided = SubgoalGenerator(plain.config.with_overrides(image_guidance=1.5, task_guidance=2.0), plain.unet)
+    cur = torch.rand(1, 3, 16, 16) * 2 - 1
+    ids = plain.task_ids(["b"])
+    a = plain.sample(cur, ids, gen=torch.Generator().manual_seed(3))
+    b = guided.sample(cur, ids, gen=torch.Generator().manual_seed(3))
+    assert a.shape == b.shape and torch.isfinite(b).all()
+    assert not torch.allclose(a, b)  # guidance changed the result: the other passes ran

@@ -104,7 +104,7 @@ class SubgoalTrainConfig:
     camera: str = "scene"
     image_size: int = 32
     offsets: tuple[int, int] = (10, 20)
-    channels: tuple[int, ...] = (32, 64, 96)
+    channels: tuple[int, ...] = (32, 48, 64)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.warmup < 1:
