@@ -288,36 +288,32 @@ def cmd_train_lowlevel(args: argparse.Namespace) -> int:
                          lambda log, bar: train(args.data, args.out, cfg, log=log, bar=bar))  # fmt: skip
 
 
-def cmd_train_subgoal(args: argparse.Namespace) -> int:
+def _train_high_level(args: argparse.Namespace, what: str) -> int:
+    """``train subgoal`` and ``train filter``: the same flags, another recipe and trainer."""
     import torch
 
-    from policies.high_level.training import SubgoalTrainConfig, train_subgoal
+    from policies.high_level import training as T
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    lo, hi = args.offsets
-    cfg = SubgoalTrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                             checkpoint_every=args.checkpoint_every, camera=args.camera,
-                             image_size=args.image_size, offsets=(lo, hi))  # fmt: skip
+    recipe, run, desc = {
+        "subgoal": (T.SubgoalTrainConfig, T.train_subgoal, "the subgoal generator"),
+        "filter": (T.ProgressTrainConfig, T.train_progress, "the subgoal filter"),
+    }[what]
+    cfg = recipe(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                 checkpoint_every=args.checkpoint_every, camera=args.camera, image_size=args.image_size,
+                 offsets=tuple(args.offsets))  # fmt: skip
     _check_datasets(args.data)
-    run = lambda log, bar: train_subgoal(args.data, args.out, cfg, log=log, bar=bar)  # noqa: E731
-    return _run_training(args, "the subgoal generator", "train subgoal", cfg.steps, cfg.seed, run)
+    return _run_training(args, desc, f"train {what}", cfg.steps, cfg.seed,
+                         lambda log, bar: run(args.data, args.out, cfg, log=log, bar=bar))  # fmt: skip
+
+
+def cmd_train_subgoal(args: argparse.Namespace) -> int:
+    return _train_high_level(args, "subgoal")
 
 
 def cmd_train_filter(args: argparse.Namespace) -> int:
-    import torch
-
-    from policies.high_level.training import ProgressTrainConfig, train_progress
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    lo, hi = args.offsets
-    cfg = ProgressTrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                              checkpoint_every=args.checkpoint_every, camera=args.camera,
-                              image_size=args.image_size, offsets=(lo, hi))  # fmt: skip
-    _check_datasets(args.data)
-    run = lambda log, bar: train_progress(args.data, args.out, cfg, log=log, bar=bar)  # noqa: E731
-    return _run_training(args, "the subgoal filter", "train filter", cfg.steps, cfg.seed, run)
+    return _train_high_level(args, "filter")
 
 
 def cmd_eval_affordance(args: argparse.Namespace) -> int:
@@ -418,6 +414,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------- parser
+def _high_level_train_args(p: argparse.ArgumentParser, steps: int, batch: int) -> None:
+    """The flags ``train subgoal`` and ``train filter`` share."""
+    p.add_argument("--data", type=Path, nargs="+", required=True, help="episode dataset directories")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint directory")
+    p.add_argument("--steps", type=_positive, default=steps, help=f"optimizer steps (default: {steps})")
+    p.add_argument("--batch-size", type=_positive, default=batch, help=f"batch per process (default: {batch})")
+    p.add_argument("--checkpoint-every", type=_positive, default=500, help="steps (default: 500)")
+    p.add_argument("--camera", default="scene", help="camera of the images (default: scene)")
+    p.add_argument("--image-size", type=_positive, default=32,
+                   help="image side, px; generator and filter must match (default: 32)")  # fmt: skip
+    p.add_argument("--offsets", type=_positive, nargs=2, default=(10, 20), metavar=("MIN", "MAX"),
+                   help="subgoal offset k range, control steps (default: 10 20)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+
+
 def build_parser() -> argparse.ArgumentParser:
     tasks = _tasks()
     from dexhier.evaluation import POLICIES
@@ -591,18 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pairs of episode datasets (expert or teleop). EMA, periodic checkpoints, resume by running the "
         "same command again; runs unchanged under torchrun --nproc_per_node N.",
     )
-    ts.add_argument("--data", type=Path, nargs="+", required=True, help="episode dataset directories")
-    ts.add_argument("--out", type=Path, required=True, help="checkpoint directory")
-    ts.add_argument("--steps", type=_positive, default=6000, help="optimizer steps (default: 6000)")
-    ts.add_argument("--batch-size", type=_positive, default=64, help="batch per process (default: 64)")
-    ts.add_argument("--checkpoint-every", type=_positive, default=500, help="steps (default: 500)")
-    ts.add_argument("--camera", default="scene", help="camera whose frames are generated (default: scene)")
-    ts.add_argument("--image-size", type=_positive, default=32, help="generated image side, px (default: 32)")
-    ts.add_argument("--offsets", type=_positive, nargs=2, default=(10, 20), metavar=("MIN", "MAX"),
-                    help="subgoal offset k range, control steps (default: 10 20)")  # fmt: skip
-    ts.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
-    ts.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    add_json(ts)
+    _high_level_train_args(ts, steps=6000, batch=64)
     ts.set_defaults(func=cmd_train_subgoal)
 
     tf = tr_sub.add_parser(
@@ -612,20 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
         "episode datasets: positives (t, t+k) and negatives with a wrong task, reversed order or a wrong "
         "goal image (50/20/20/10 %%). Resumes by running the same command again; torchrun-able.",
     )
-    tf.add_argument("--data", type=Path, nargs="+", required=True, help="episode dataset directories")
-    tf.add_argument("--out", type=Path, required=True, help="checkpoint directory")
-    tf.add_argument("--steps", type=_positive, default=3000, help="optimizer steps (default: 3000)")
-    tf.add_argument("--batch-size", type=_positive, default=128, help="batch per process (default: 128)")
-    tf.add_argument("--checkpoint-every", type=_positive, default=500, help="steps (default: 500)")
-    tf.add_argument("--camera", default="scene", help="camera (default: scene)")
-    tf.add_argument(
-        "--image-size", type=_positive, default=32, help="image side, px; the generator's (default: 32)"
-    )
-    tf.add_argument("--offsets", type=_positive, nargs=2, default=(10, 20), metavar=("MIN", "MAX"),
-                    help="positive offset k range, control steps (default: 10 20)")  # fmt: skip
-    tf.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
-    tf.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    add_json(tf)
+    _high_level_train_args(tf, steps=3000, batch=128)
     tf.set_defaults(func=cmd_train_filter)
 
     ea = ev_sub.add_parser(

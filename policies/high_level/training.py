@@ -14,7 +14,6 @@ not beat that baseline has learned nothing about progress.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from dexhier import vocabulary as V
 from dexhier.checkpoints import (
@@ -33,7 +31,7 @@ from dexhier.checkpoints import (
 )
 from dexhier.episodes import EpisodeDataset
 from policies.high_level.generator import GeneratorConfig, SubgoalGenerator, build_unet, images_to_model
-from policies.optim import allreduce_gradients, dist_info, ema_update, warmup_cosine
+from policies.optim import allreduce_gradients, dist_info, ema_update, fit, warmup_cosine
 
 
 class SubgoalPairs:
@@ -89,22 +87,20 @@ class SubgoalPairs:
 
 
 @dataclass(frozen=True)
-class SubgoalTrainConfig:
-    """The recipe. Counts are optimizer steps or samples."""
+class HighLevelRecipe:
+    """What the high level's trainers share. Counts are optimizer steps or samples."""
 
     steps: int = 6000
     batch_size: int = 64
     lr: float = 3e-4
     weight_decay: float = 1e-2
     warmup: int = 200
-    ema_decay: float = 0.999
     checkpoint_every: int = 500
     val_episodes: float = 0.05
     seed: int = 0
     camera: str = "scene"
     image_size: int = 32
     offsets: tuple[int, int] = (10, 20)
-    channels: tuple[int, ...] = (32, 48, 64)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.warmup < 1:
@@ -113,9 +109,18 @@ class SubgoalTrainConfig:
             raise ValueError("val_episodes must be in [0, 0.5)")
 
     def recipe_key(self) -> str:
+        """What must match to resume: everything but the step budget and checkpoint period."""
         doc = asdict(self)
         doc.pop("steps"), doc.pop("checkpoint_every")
         return json.dumps(doc, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class SubgoalTrainConfig(HighLevelRecipe):
+    """The generator's recipe: AdamW, warm-up + cosine, EMA 0.999."""
+
+    ema_decay: float = 0.999
+    channels: tuple[int, ...] = (32, 48, 64)
 
 
 class SubgoalTrainer:
@@ -210,66 +215,108 @@ def train_subgoal(
     log: Callable[[str], None] = print,
     bar: Any = None,
 ) -> dict[str, Any]:
-    """Train (or resume) into ``out``; returns the final metrics. ``bar`` is a tqdm-like object."""
-    t0 = time.perf_counter()
+    """Train (or resume) the generator into ``out``; returns the final metrics (``bar``: tqdm-like)."""
     trainer = SubgoalTrainer(data, out, cfg)
     n_params = sum(p.numel() for p in trainer.model.unet.parameters()) / 1e6
     n_val = len(trainer.val_set) if trainer.val_set is not None else 0
     tasks = list(trainer.gen_cfg.tasks)
     log(f"data: {len(trainer.train_set)} training episodes, {n_val} validation; tasks {tasks}; "
         f"{n_params:.2f} M parameters; world size {trainer.world}")  # fmt: skip
-    if trainer.step:
-        log(f"resuming at step {trainer.step}")
-    if bar is not None:
-        bar.update(trainer.step)
-    metrics: dict[str, Any] = {}
-    losses: list[float] = []
-    while trainer.step < cfg.steps:
-        losses.append(trainer.train_step())
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
-        if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:
-            metrics = {**trainer.validate(), "train_loss": float(np.mean(losses[-200:])),
-                       "step": trainer.step, "train_seconds": time.perf_counter() - t0,
-                       "world_size": trainer.world}  # fmt: skip
-            trainer.save(metrics)
-            log(f"step {trainer.step}: loss {metrics['train_loss']:.4f}, val MSE {metrics['val_mse']:.4f} "
-                f"(repeating the current frame: {metrics['val_mse_copy_current']:.4f})")  # fmt: skip
-    if not metrics:
-        metrics = trainer.validate()
-    if trainer.world > 1:
-        dist.barrier()
-    return metrics
+    describe = lambda m: (f", val MSE {m['val_mse']:.4f} (repeating the current frame: "  # noqa: E731
+                          f"{m['val_mse_copy_current']:.4f})")  # fmt: skip
+    return fit(trainer, cfg.steps, cfg.checkpoint_every, log, bar, describe)
 
 
 # --- the subgoal filter ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class ProgressTrainConfig:
+class ProgressTrainConfig(HighLevelRecipe):
     """The progress classifier's recipe (AdamW, warm-up + cosine, no EMA)."""
 
     steps: int = 3000
     batch_size: int = 128
-    lr: float = 3e-4
-    weight_decay: float = 1e-2
     warmup: int = 100
-    checkpoint_every: int = 500
     val_episodes: float = 0.1
-    seed: int = 0
-    camera: str = "scene"
-    image_size: int = 32
-    offsets: tuple[int, int] = (10, 20)
 
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.warmup < 1:
-            raise ValueError("steps, batch_size, checkpoint_every and warmup must be >= 1")
 
-    def recipe_key(self) -> str:
-        doc = asdict(self)
-        doc.pop("steps"), doc.pop("checkpoint_every")
-        return json.dumps(doc, sort_keys=True, default=str)
+class ProgressTrainer:
+    """One training run of the progress classifier into ``out``."""
+
+    def __init__(self, data: Sequence[str | Path], out: str | Path, cfg: ProgressTrainConfig) -> None:
+        from policies.high_level.progress import ProgressClassifier, ProgressConfig
+
+        self.cfg, self.out = cfg, Path(out)
+        self.rank, self.world = dist_info()
+        pairs = SubgoalPairs(data, cfg.camera, cfg.image_size, min_steps=2)
+        order = np.random.default_rng(cfg.seed).permutation(len(pairs))
+        self.n_val = int(round(cfg.val_episodes * len(pairs)))
+        self.train_set = pairs.subset(sorted(order[self.n_val :]))
+        self.val_set = pairs.subset(sorted(order[: self.n_val])) if self.n_val else self.train_set
+        self.pcfg = ProgressConfig(tasks=pairs.tasks, image_size=cfg.image_size)
+        self.train_ids = [self.pcfg.tasks.index(t) for t in self.train_set.task_names]
+        self.val_ids = [self.pcfg.tasks.index(t) for t in self.val_set.task_names]
+        torch.manual_seed(cfg.seed)
+        self.model = ProgressClassifier(self.pcfg)
+        self.opt = torch.optim.AdamW(self.model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.step = 0
+        state = load_train_state(self.out)
+        if state is not None:
+            tensors, meta = state
+            if meta.get("recipe") != cfg.recipe_key() or meta.get("tasks") != list(self.pcfg.tasks):
+                raise ValueError(
+                    f"{self.out} holds training state of another recipe or data; use a new --out"
+                )
+            self.model.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+            optimizer_from_tensors(self.opt, tensors, meta["optimizer"])
+            self.step = int(meta["step"])
+        self.rng = np.random.default_rng([cfg.seed, self.rank, self.step])
+
+    def _batch(self, data: SubgoalPairs, ids: list[int], n: int, rng: np.random.Generator) -> tuple:
+        from policies.high_level.progress import progress_batch
+
+        return progress_batch(data.frames, ids, n, self.cfg.offsets, len(self.pcfg.tasks), self.pcfg.mix, rng)
+
+    def train_step(self) -> float:
+        from policies.high_level.progress import bce
+
+        cfg = self.cfg
+        self.model.net.train()
+        cur, cand, task, label, _ = self._batch(self.train_set, self.train_ids, cfg.batch_size, self.rng)
+        loss = bce(self.model.net(cur, cand, task), label)
+        for g in self.opt.param_groups:
+            g["lr"] = warmup_cosine(self.step, cfg.steps, cfg.warmup, cfg.lr)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.world > 1:
+            allreduce_gradients(self.model.net, self.world)
+        self.opt.step()
+        self.step += 1
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Accuracy on held-out pairs, overall and per kind (positive, wrong task, reversed, wrong goal)."""
+        cur, cand, task, label, kinds = self._batch(
+            self.val_set, self.val_ids, 1024, np.random.default_rng(12345)
+        )
+        self.model.net.eval()
+        correct = ((self.model.net(cur, cand, task) > 0).float() == label).numpy()
+        names = ("positive", "wrong_task", "reversed", "wrong_goal")
+        acc = {
+            f"val_acc_{names[k]}": float(correct[kinds == k].mean()) for k in range(4) if (kinds == k).any()
+        }
+        return {"val_acc": float(correct.mean()), **acc}
+
+    def save(self, metrics: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        self.model.save(self.out, metrics)
+        opt_t, opt_meta = optimizer_to_tensors(self.opt)
+        tensors = {**{f"net.{k}": v for k, v in self.model.net.state_dict().items()}, **opt_t}
+        meta = {"step": self.step, "optimizer": opt_meta, "recipe": self.cfg.recipe_key(),
+                "tasks": list(self.pcfg.tasks), "world_size": self.world}  # fmt: skip
+        save_train_state(self.out, tensors, meta)
 
 
 def train_progress(
@@ -279,91 +326,9 @@ def train_progress(
     log: Callable[[str], None] = print,
     bar: Any = None,
 ) -> dict[str, Any]:
-    """Train (or resume) the progress classifier into ``out``; returns the final metrics.
-
-    Metrics: validation accuracy overall and per pair kind (positive, wrong task, reversed, wrong goal).
-    """
-    from policies.high_level.progress import ProgressClassifier, ProgressConfig, bce, progress_batch
-
-    t0 = time.perf_counter()
-    out = Path(out)
-    rank, world = dist_info()
-    pairs = SubgoalPairs(data, cfg.camera, cfg.image_size, min_steps=2)
-    order = np.random.default_rng(cfg.seed).permutation(len(pairs))
-    n_val = int(round(cfg.val_episodes * len(pairs)))
-    train_set = pairs.subset(sorted(order[n_val:]))
-    val_set = pairs.subset(sorted(order[:n_val])) if n_val else train_set
-    pcfg = ProgressConfig(tasks=pairs.tasks, image_size=cfg.image_size)
-    torch.manual_seed(cfg.seed)
-    model = ProgressClassifier(pcfg)
-    opt = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step = 0
-    state = load_train_state(out)
-    if state is not None:
-        tensors, meta = state
-        if meta.get("recipe") != cfg.recipe_key() or meta.get("tasks") != list(pcfg.tasks):
-            raise ValueError(f"{out} holds training state of another recipe or data; use a new --out")
-        model.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-        optimizer_from_tensors(opt, tensors, meta["optimizer"])
-        step = int(meta["step"])
-        log(f"resuming at step {step}")
-    rng = np.random.default_rng([cfg.seed, rank, step])
-
-    def ids(data: SubgoalPairs) -> list[int]:
-        return [pcfg.tasks.index(t) for t in data.task_names]
-
-    train_ids, val_ids = ids(train_set), ids(val_set)
-    log(f"data: {len(train_set)} training episodes, {n_val} validation; tasks {list(pcfg.tasks)}")
-    if bar is not None:
-        bar.update(step)
-
-    @torch.no_grad()
-    def validate() -> dict[str, float]:
-        vr = np.random.default_rng(12345)
-        cur, cand, task, label, kinds = progress_batch(
-            val_set.frames, val_ids, 1024, cfg.offsets, len(pcfg.tasks), pcfg.mix, vr
-        )
-        model.net.eval()
-        correct = ((model.net(cur, cand, task) > 0).float() == label).numpy()
-        names = ("positive", "wrong_task", "reversed", "wrong_goal")
-        acc = {
-            f"val_acc_{names[k]}": float(correct[kinds == k].mean()) for k in range(4) if (kinds == k).any()
-        }
-        return {"val_acc": float(correct.mean()), **acc}
-
-    metrics: dict[str, Any] = {}
-    losses: list[float] = []
-    while step < cfg.steps:
-        model.net.train()
-        cur, cand, task, label, _ = progress_batch(
-            train_set.frames, train_ids, cfg.batch_size, cfg.offsets, len(pcfg.tasks), pcfg.mix, rng
-        )
-        loss = bce(model.net(cur, cand, task), label)
-        for g in opt.param_groups:
-            g["lr"] = warmup_cosine(step, cfg.steps, cfg.warmup, cfg.lr)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if world > 1:
-            allreduce_gradients(model.net, world)
-        opt.step()
-        step += 1
-        losses.append(float(loss.detach()))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            metrics = {**validate(), "train_loss": float(np.mean(losses[-200:])), "step": step,
-                       "train_seconds": time.perf_counter() - t0, "world_size": world}  # fmt: skip
-            if rank == 0:
-                model.save(out, metrics)
-                opt_t, opt_meta = optimizer_to_tensors(opt)
-                tensors = {**{f"net.{k}": v for k, v in model.net.state_dict().items()}, **opt_t}
-                meta = {"step": step, "optimizer": opt_meta, "recipe": cfg.recipe_key(),
-                        "tasks": list(pcfg.tasks), "world_size": world}  # fmt: skip
-                save_train_state(out, tensors, meta)
-            log(f"step {step}: loss {metrics['train_loss']:.4f}, val accuracy {metrics['val_acc']:.3f}")
-    if not metrics:
-        metrics = validate()
-    if world > 1:
-        dist.barrier()
-    return metrics
+    """Train (or resume) the progress classifier into ``out``; returns the final metrics."""
+    trainer = ProgressTrainer(data, out, cfg)
+    log(f"data: {len(trainer.train_set)} training episodes, {trainer.n_val} validation; "
+        f"tasks {list(trainer.pcfg.tasks)}; world size {trainer.world}")  # fmt: skip
+    describe = lambda m: f", val accuracy {m['val_acc']:.3f}"  # noqa: E731
+    return fit(trainer, cfg.steps, cfg.checkpoint_every, log, bar, describe)

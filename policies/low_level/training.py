@@ -14,7 +14,6 @@ writes checkpoints. A checkpoint and the resumable training state are written ev
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from dexhier.checkpoints import (
     load_train_state,
@@ -35,7 +33,7 @@ from policies.low_level.dataset import ChunkDataset, GoalSampling, augment_image
 from policies.low_level.diffusion import make_diffusion
 from policies.low_level.policy import ACTION, GOAL_GAP, PROPRIO, LowLevelPolicy, build_net, images_to_tensor
 from policies.normalization import MinMaxNormalizer
-from policies.optim import allreduce_gradients, dist_info, ema_update, warmup_cosine
+from policies.optim import allreduce_gradients, dist_info, ema_update, fit, warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -231,32 +229,10 @@ def train(
     bar: Any = None,
 ) -> dict[str, Any]:
     """Train (or resume) into ``out``; returns the final metrics. ``bar`` is a tqdm-like object."""
-    t0 = time.perf_counter()
     trainer = Trainer(data, out, cfg)
     log(f"data: {len(trainer.train_set)} training steps from {trainer.train_set.num_episodes} episodes, "
         f"{trainer.val_set.num_episodes if trainer.val_set else 0} validation episodes; "
         f"{sum(p.numel() for p in trainer.net.parameters()) / 1e6:.2f} M parameters; "
         f"world size {trainer.world}")  # fmt: skip
-    if trainer.step:
-        log(f"resuming at step {trainer.step}")
-    if bar is not None:
-        bar.update(trainer.step)
-    metrics: dict[str, Any] = {}
-    losses: list[float] = []
-    while trainer.step < cfg.steps:
-        losses.append(trainer.train_step())
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
-        if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:
-            metrics = {**trainer.validate(), "train_loss": float(np.mean(losses[-200:])),
-                       "step": trainer.step, "train_seconds": time.perf_counter() - t0,
-                       "world_size": trainer.world}  # fmt: skip
-            trainer.save(metrics)
-            log(f"step {trainer.step}: loss {metrics['train_loss']:.4f}, "
-                f"val chunk MAE {metrics['val_chunk_mae']:.4f} (normalized)")  # fmt: skip
-    if not metrics:
-        metrics = trainer.validate()
-    if trainer.world > 1:
-        dist.barrier()
-    return metrics
+    describe = lambda m: f", val chunk MAE {m['val_chunk_mae']:.4f} (normalized)"  # noqa: E731
+    return fit(trainer, cfg.steps, cfg.checkpoint_every, log, bar, describe)

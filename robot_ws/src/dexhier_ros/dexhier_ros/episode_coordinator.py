@@ -5,7 +5,8 @@ Services ``/dexhier/episode/{start,stop,reset}`` (Trigger). ``start`` resets the
 reported by the twin on ``/dexhier/sim/episode``); each result is published on
 ``/dexhier/episode/result`` (String, JSON) and appended to ``results_path`` (JSON lines). With
 ``episodes > 0`` it runs that many episodes by itself, prints the summary and exits, which ends
-the launch when the node is ``required``.
+the launch when the node is ``required``; the first starts once every ``ready_topics`` topic has a
+publisher (the policy and what it relies on are up), or after ``ready_timeout``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class EpisodeCoordinator(Node):
         self.episodes = parameter(self, "episodes", 0)
         self.results_path = Path(parameter(self, "results_path", "out/ros/episodes.jsonl"))
         self.timeout = parameter(self, "episode_timeout", 60.0)  # wall seconds, a guard only
+        # Comma-separated topics that need a publisher before the first of `episodes` starts: the
+        # nodes the policy relies on (some load torch models for many seconds) are up by then.
+        self.ready_topics = [t.strip() for t in parameter(self, "ready_topics", "").split(",") if t.strip()]
+        self.ready_timeout = parameter(self, "ready_timeout", 60.0)  # wall seconds
         self.group = ReentrantCallbackGroup()
         self.reset_client = self.create_client(Trigger, "/dexhier/sim/reset", callback_group=self.group)
         self.pub_result = self.create_publisher(String, "/dexhier/episode/result", QoSProfile(depth=10))
@@ -116,8 +121,22 @@ class EpisodeCoordinator(Node):
         response.success, response.message = True, json.dumps({"episode": episode, "seed": seed})
         return response
 
+    def wait_until_ready(self) -> None:
+        """Wait (wall clock, up to ``ready_timeout``) until every ``ready_topics`` topic has a publisher."""
+        t0 = time.monotonic()
+        missing = self.ready_topics
+        while missing and time.monotonic() - t0 < self.ready_timeout:
+            missing = [t for t in self.ready_topics if self.count_publishers(t) == 0]
+            time.sleep(0.1)
+        if missing:
+            late = ", ".join(missing)
+            self.get_logger().error(f"no publisher on {late} after {self.ready_timeout:g} s: starting anyway")
+        elif self.ready_topics:
+            self.get_logger().info(f"graph ready after {time.monotonic() - t0:.1f} s")
+
     def run_all(self) -> None:
         try:
+            self.wait_until_ready()
             for _ in range(self.episodes):
                 self.run_episode()
         except Exception as err:  # the launch must end (and say why), never hang

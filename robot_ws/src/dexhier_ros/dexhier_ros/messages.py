@@ -21,6 +21,11 @@ EPISODE_QOS = QoSProfile(depth=5, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 """QoS of ``/dexhier/sim/episode``: latched, so a node that starts late still learns the episode."""
 
 
+GOAL_QOS = QoSProfile(depth=1)
+"""QoS of the low level's goals (``/dexhier/subgoal/image``, ``/dexhier/tool_goal``): reliable, as the
+high level's commands to the low level, keeping only the newest (an older goal is void)."""
+
+
 class MessageError(ValueError):
     """A message was malformed or does not fit its consumer; the text says why, in one line."""
 

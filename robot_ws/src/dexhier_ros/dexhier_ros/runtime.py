@@ -10,22 +10,30 @@ from rclpy.node import Node
 
 
 def run_node(
-    make: Callable[[], Node], args: list[str] | None = None, executor: Executor | None = None
+    make: Callable[[], Node],
+    args: list[str] | None = None,
+    executor: Executor | Callable[[], Executor] | None = None,
 ) -> None:
     """Create the node, spin it until Ctrl-C / SIGTERM / context shutdown, then clean up.
+
+    ``executor`` is an executor or a factory of one (``lambda: MultiThreadedExecutor(2)``): an
+    executor needs an initialized context, so one built before this call's ``rclpy.init`` fails;
+    the factory is called after it. None spins the node on the default single-threaded executor.
 
     A callback that was running when the context shut down may fail to publish; that is part of a
     normal shutdown and is not reported as a crash.
     """
     rclpy.init(args=args)
     node = None
+    running: Executor | None = None
     try:
         node = make()  # inside the try: Ctrl-C during a slow start-up is a normal shutdown too
         if executor is None:
             rclpy.spin(node)
         else:
-            executor.add_node(node)
-            executor.spin()
+            running = executor if isinstance(executor, Executor) else executor()
+            running.add_node(node)
+            running.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
@@ -33,6 +41,8 @@ def run_node(
             raise
     finally:
         try:
+            if running is not None:  # let callbacks still running on other threads finish first
+                running.shutdown(timeout_sec=5.0)
             close = getattr(node, "close", None)
             if close is not None:
                 close()

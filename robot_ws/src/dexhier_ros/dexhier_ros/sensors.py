@@ -3,7 +3,8 @@
 A real cell's camera driver runs beside the robot driver, not inside its control loop. The twin
 bridge does the same: each control step hands a snapshot of the simulation to this thread, which
 renders (MuJoCo releases the GIL while it renders, so this overlaps the next control steps) and
-publishes. When rendering falls behind, older snapshots are dropped, like frames of a camera.
+publishes. When rendering falls behind, older snapshots are dropped, like frames of a camera; a
+cloud a dropped snapshot was due for is rendered from the next one instead.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dexhier import vocabulary as V
 from dexhier_ros import messages as M
 from perception.pointcloud2 import to_pointcloud2
 from sim.camera import camera_intrinsics, camera_pose, depth_to_points
-from sim.cell import SCENE_CAMERA, segmentation_table
+from sim.cell import SCENE_CAMERA, WRIST_CAMERA, segmentation_table
 from sim.rendering import CameraRenderer
 
 
@@ -35,18 +36,21 @@ class _Snapshot:
 
 
 class SensorPublisher(threading.Thread):
-    """Publishes the scene camera (colour, depth, camera_info) and the ``points_camera`` cloud.
+    """Publishes the scene camera (colour, depth, camera_info), the wrist camera's colour image
+    and the ``points_camera`` cloud.
 
     Args:
         publishers: (rgb, depth, camera_info, points) ROS publishers.
-        image_size: scene camera (width, height), px.
+        image_size: (width, height) of the scene and wrist colour images, px.
         points_camera, points_size: camera and (width, height) of the cloud.
+        wrist_rgb: publisher of the wrist colour image (rendered with the scene image), or None.
     """
 
     def __init__(self, publishers: tuple, image_size: tuple[int, int], points_camera: str,
-                 points_size: tuple[int, int]) -> None:  # fmt: skip
+                 points_size: tuple[int, int], wrist_rgb=None) -> None:  # fmt: skip
         super().__init__(name="sensors", daemon=True)
         self.pub_rgb, self.pub_depth, self.pub_info, self.pub_points = publishers
+        self.pub_wrist_rgb = wrist_rgb
         self.image_size, self.points_camera, self.points_size = image_size, points_camera, points_size
         self._queue: queue.Queue[_Snapshot | None] = queue.Queue(maxsize=1)
         self._model: mujoco.MjModel | None = None
@@ -71,7 +75,11 @@ class SensorPublisher(threading.Thread):
             self._queue.put_nowait(item)
         except queue.Full:
             try:
-                self._give_back(self._queue.get_nowait())
+                old = self._queue.get_nowait()
+                # What the dropped snapshot was due for (a cloud comes every 2nd camera frame) is
+                # rendered from the newer state instead of lost: under load the cloud keeps its rate.
+                item.camera, item.cloud = item.camera or old.camera, item.cloud or old.cloud
+                self._give_back(old)
                 self.dropped += 1
             except queue.Empty:
                 pass
@@ -133,6 +141,9 @@ class SensorPublisher(threading.Thread):
         self.pub_depth.publish(M.image(depth, snap.stamp, frame))
         info: CameraInfo = M.camera_info(self._intr, snap.stamp, frame)
         self.pub_info.publish(info)
+        if self.pub_wrist_rgb is not None:  # the learned policy sees both cameras, as in its training data
+            wrist = r.rgb(snap.data, WRIST_CAMERA)
+            self.pub_wrist_rgb.publish(M.image(wrist, snap.stamp, V.FRAME_WRIST_CAMERA))
 
     def _publish_cloud(self, snap: _Snapshot) -> None:
         r, cam = self._points_renderer, self.points_camera

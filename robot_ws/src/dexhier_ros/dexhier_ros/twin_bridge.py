@@ -2,19 +2,22 @@
 
 Publishes what a real cell's drivers publish: ``/clock`` (the twin is the clock; every node runs
 with ``use_sim_time``), ``/joint_states``, the scene camera's colour / depth (32FC1, m) /
-camera_info, and ``/camera/points`` from the ``points_camera`` (the wrist camera at 320x240 by
-default, with a ``label`` field from the twin's segmentation); takes joint-trajectory-controller
-commands on ``/arm_controller/joint_trajectory`` and ``/hand_controller/joint_trajectory``,
-validated and
-interpolated like ros2_control's JTC (invalid trajectories are rejected with one log line).
-Services: ``/dexhier/sim/reset`` (starts episode k with seed ``seed + k``; the start-up scene
-before the first reset uses ``seed`` too, idle), ``/dexhier/sim/pause`` (SetBool).
+camera_info, the wrist camera's colour image ``/wrist_camera/color/image_raw`` (same size and rate
+as the scene colour image), and ``/camera/points`` from the ``points_camera`` (the wrist camera at
+320x240 by default, with a ``label`` field from the twin's segmentation); takes
+joint-trajectory-controller commands on ``/arm_controller/joint_trajectory`` and
+``/hand_controller/joint_trajectory``, validated and interpolated like ros2_control's JTC (invalid
+trajectories are rejected with one log line). Services: ``/dexhier/sim/reset`` (starts episode k
+with seed ``seed + k``; the start-up scene before the first reset uses ``seed`` too, idle),
+``/dexhier/sim/pause`` (SetBool).
 
 Debug outputs for the privileged expert and the coordinator (never for learned policies):
 ``/dexhier/sim/state`` (Float64MultiArray: time, qpos, qvel) and ``/dexhier/sim/episode``
 (String, JSON: episode number (0 = the idle start-up scene), seed, task, instruction, episode
-time, clock, success, done); the state
-message starts with the episode time (s since reset), the clock keeps running across resets.
+time, clock, success, done); the state message starts with the episode time (s since reset), the
+clock keeps running across resets. The one exception: a learned policy node may take the episode
+*boundary* (episode number and its start clock) from ``/dexhier/sim/episode`` to drop its plans and
+inputs of the previous episode; it reads nothing else there.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from dexhier import vocabulary as V
 from dexhier_ros import messages as M
 from dexhier_ros.runtime import parameter, run_node
 from dexhier_ros.sensors import SensorPublisher
-from sim.cell import SCENE_CAMERA
+from sim.cell import SCENE_CAMERA, WRIST_CAMERA
 from sim.twin import TwinConfig, TwinEnv
 
 
@@ -111,6 +114,8 @@ class TwinBridge(Node):
             CameraInfo, "/camera/color/camera_info", qos_profile_sensor_data
         )
         self.pub_points = self.create_publisher(PointCloud2, "/camera/points", qos_profile_sensor_data)
+        wrist_topic = V.camera_topic(WRIST_CAMERA)  # /wrist_camera/color/image_raw
+        self.pub_wrist_rgb = self.create_publisher(Image, wrist_topic, qos_profile_sensor_data)
         self.pub_state = self.create_publisher(Float64MultiArray, "/dexhier/sim/state", reliable)
         self.pub_episode = self.create_publisher(String, "/dexhier/sim/episode", M.EPISODE_QOS)
         self.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", self._on_arm, reliable)
@@ -127,6 +132,7 @@ class TwinBridge(Node):
             size,
             self.points_camera,
             self.points_size,
+            wrist_rgb=self.pub_wrist_rgb,
         )
         self.sensors.start()
         self.sensor_error_logged = False
