@@ -419,7 +419,7 @@ def _high_level_train_args(p: argparse.ArgumentParser, steps: int, batch: int) -
     p.add_argument("--data", type=Path, nargs="+", required=True, help="episode dataset directories")
     p.add_argument("--out", type=Path, required=True, help="checkpoint directory")
     p.add_argument("--steps", type=_positive, default=steps, help=f"optimizer steps (default: {steps})")
-    p.add_argument("--batch-size", type=_positive, default=batch, help=f"batch per process (default: {batch})")
+    p.add_argument("--batch-size", type=_positive, default=batch, help=f"per process (default: {batch})")
     p.add_argument("--checkpoint-every", type=_positive, default=500, help="steps (default: 500)")
     p.add_argument("--camera", default="scene", help="camera of the images (default: scene)")
     p.add_argument("--image-size", type=_positive, default=32,
