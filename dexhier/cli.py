@@ -390,23 +390,29 @@ def cmd_bench_ros(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from dexhier.ros_demo import POLICY_NODES
+
     out: Path = args.out
-    policy = "the privileged expert (standing in until the learned layers land)"
+    policy = POLICY_NODES[args.policy]
     if args.direct:
+        if args.policy == "lowlevel":  # no nodes in-process: the same policy and oracle, as library objects
+            policy = "the learned low-level policy (checkpoints/lowlevel) with oracle goals from the expert"
         print(f"dexhier demo: {policy} solves '{args.task}' in the MuJoCo twin, in-process "
               f"({args.episodes} seeded episodes, {args.workers} workers)")  # fmt: skip
         ns = argparse.Namespace(
-            policy="expert", task=args.task, episodes=args.episodes, seed=args.seed, workers=args.workers,
+            policy=args.policy, task=args.task, episodes=args.episodes, seed=args.seed, workers=args.workers,
             video=out / "videos", videos=args.videos, report=out / "report.md", json=args.json,
         )  # fmt: skip
-        summary = _run_eval(ns, f"dexhier demo --direct --task {args.task} --episodes {args.episodes}")
+        flags = f"--policy {args.policy} --task {args.task} --episodes {args.episodes}"
+        summary = _run_eval(ns, f"dexhier demo --direct {flags}")
     else:
         from dexhier.ros_demo import run_demo
 
         graph = "twin bridge -> policy -> safety supervisor -> twin"
         print(f"dexhier demo: {policy} solves '{args.task}' through the ROS 2 graph ({graph}), "
               f"{args.episodes} seeded episodes")  # fmt: skip
-        summary = run_demo(args.task, args.episodes, args.seed, out, args.real_time_factor, args.videos)
+        summary = run_demo(args.task, args.episodes, args.seed, out, args.real_time_factor, args.videos,
+                           policy=args.policy)  # fmt: skip
         print(f"report: {summary['report']}")
     print(f"videos: {', '.join(summary['videos']) or 'none'}")
     _emit(args, summary)
@@ -717,6 +723,13 @@ def build_parser() -> argparse.ArgumentParser:
         "instead (no ROS).",
     )
     de.add_argument("--task", choices=tasks, default="tweezer_pick", help="task (default: %(default)s)")
+    de.add_argument(
+        "--policy",
+        choices=("expert", "lowlevel"),
+        default="expert",
+        help="expert: the privileged expert; lowlevel: the learned low-level policy with oracle goals "
+        "standing in for the high level (default: %(default)s)",
+    )
     de.add_argument("--episodes", type=_positive, default=5, help="number of episodes (default: 5)")
     de.add_argument("--seed", type=int, default=0, help="seed of episode 0 (default: 0)")
     de.add_argument("--real-time-factor", type=float, default=1.0, help="twin speed vs wall (default: 1)")

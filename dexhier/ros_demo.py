@@ -3,7 +3,9 @@
 Launches ``launch/sim.launch.xml`` with our launch runner (the file is the one ``ros2 launch``
 runs on a cell), lets the episode coordinator run N seeded episodes, then prints per-episode
 results and the summary by object width, and writes a markdown report beside the videos.
-Until the learned layers land, the policy node is the privileged expert, and the demo says so.
+The policy node is the launch argument ``policy``: ``expert`` (the privileged expert, the default
+until the learned layers are complete) or ``lowlevel`` (the learned low-level policy, with the
+``oracle_goals`` node standing in for the high level); the report names the one that ran.
 """
 
 from __future__ import annotations
@@ -20,18 +22,43 @@ from sim.rollout import EpisodeResult
 
 ROOT = Path(__file__).resolve().parents[1]
 SIM_LAUNCH = ROOT / "launch" / "sim.launch.xml"
+DDS_PROFILE = ROOT / "launch" / "fastdds_local.xml"
+
+POLICY_NODES = {
+    "expert": "the privileged expert (expert_policy), standing in until the learned layers land",
+    "lowlevel": "the learned low-level policy (lowlevel_policy, checkpoints/lowlevel) with goals from "
+    "oracle_goals, a stand-in for the high level that replays the expert's rollout of each seed",
+}
+"""What runs as the policy for each value of the launch argument ``policy``."""
 
 
 def isolate_dds() -> None:
-    """Keep discovery on this machine and in a domain of our own (unless the caller chose one)."""
+    """Keep the graph on this machine: loopback discovery, a domain of our own and shared memory.
+
+    The domain and the Fast DDS profile are the caller's if set. The profile (``launch/fastdds_local.xml``)
+    moves all traffic to shared memory with segments large enough for the ~1 MB camera cloud, which
+    the default transports send as UDP fragments that a loaded machine loses whole.
+    """
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
+    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(DDS_PROFILE))
 
 
 def run_demo(
-    task: str, episodes: int, seed: int, out: Path, real_time_factor: float, videos: int
+    task: str,
+    episodes: int,
+    seed: int,
+    out: Path,
+    real_time_factor: float,
+    videos: int,
+    policy: str = "expert",
 ) -> dict[str, Any]:
-    """Run the sim graph for ``episodes`` episodes; returns the evaluation summary."""
+    """Run the sim graph for ``episodes`` episodes with ``policy`` (a key of ``POLICY_NODES``).
+
+    Returns the evaluation summary, with ``policy_node`` saying what ran as the policy.
+    """
+    if policy not in POLICY_NODES:
+        raise ValueError(f"unknown policy {policy!r}; valid: {', '.join(POLICY_NODES)}")
     from dexhier.launch.runner import run
     from dexhier.launch.xml_format import parse_launch_file
 
@@ -42,10 +69,12 @@ def run_demo(
     args = {
         "task": task, "episodes": str(episodes), "seed": str(seed),
         "real_time_factor": str(real_time_factor), "results_path": str(results_path),
-        "video_dir": str(out / "videos"), "video_episodes": str(videos),
+        "video_dir": str(out / "videos"), "video_episodes": str(videos), "policy": policy,
     }  # fmt: skip
     domain = os.environ["ROS_DOMAIN_ID"]
-    print(f"launching {SIM_LAUNCH.relative_to(ROOT)} (ROS_DOMAIN_ID={domain}, discovery on loopback only)")
+    profile = Path(os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]).name
+    print(f"launching {SIM_LAUNCH.relative_to(ROOT)} (ROS_DOMAIN_ID={domain}, discovery on loopback only, "
+          f"Fast DDS profile {profile})")  # fmt: skip
     t0 = time.monotonic()
     code = run(parse_launch_file(SIM_LAUNCH, args))
     wall = time.monotonic() - t0
@@ -58,14 +87,19 @@ def run_demo(
                       object={"width": r["object_width"] or 0.0})
         for r in rows
     ]  # fmt: skip
-    req = EvalRequest(policy="expert", task=task, episodes=max(1, len(results)), seed=seed)
+    options = {"checkpoint": str(ROOT / "checkpoints" / "lowlevel")} if policy == "lowlevel" else {}
+    req = EvalRequest(policy=policy, task=task, episodes=max(1, len(results)), seed=seed, options=options)
     summary = summarize(req, results)
     summary.update(launch_exit_code=code, graph_wall_s=wall, through_ros=True)
+    summary["policy_node"] = POLICY_NODES[policy]
     videos_found = sorted((out / "videos").glob("*.mp4"))
     summary["videos"] = [str(v) for v in videos_found]
     report = out / "report.md"
-    command = f"make demo (dexhier demo --episodes {episodes} --seed {seed})"
+    command = f"dexhier demo --policy {policy} --task {task} --episodes {episodes} --seed {seed}"
+    command += f" --real-time-factor {real_time_factor:g}" if real_time_factor != 1.0 else ""
     write_report(summary, report, command, videos_found)
+    with report.open("a") as f:  # which policy ran, in words (the title has only its name)
+        f.write(f"\nPolicy: {POLICY_NODES[policy]}.\n")
     summary["report"] = str(report)
     print(format_table(summary))
     return summary

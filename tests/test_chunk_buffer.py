@@ -44,13 +44,14 @@ def test_a_late_chunk_is_used_from_the_current_step_not_replayed():
     assert buf.add(chunk(1), start) == 3
     assert tuple(buf.pop()[:2]) == (1, 2)  # step 5 = chunk 1's action 2
     assert buf.remaining() == 4 - 3
+    assert buf.covered() == H - 3
 
 
 def test_a_chunk_outlives_exec_steps_up_to_its_horizon_then_the_loop_starves():
     buf = ChunkBuffer(exec_steps=2)
     buf.add(chunk(0), 0)
     assert [buf.pop()[1] for _ in range(H)] == list(range(H))
-    assert buf.remaining() == 0
+    assert buf.remaining() == buf.covered() == 0
     assert buf.pop() is None
 
 

@@ -109,6 +109,9 @@ def test_node_sources_declare_parameters():
     assert {"task", "seed", "real_time_factor", "image_width", "camera_every"} <= set(declared["twin_bridge"])
     assert {"episodes", "results_path", "episode_timeout"} <= set(declared["episode_coordinator"])
     assert "task" in declared["expert_policy"]
+    lowlevel = {"checkpoint", "control_hz", "temporal_ensemble", "exec_steps", "goal_timeout", "obs_timeout"}
+    assert lowlevel <= set(declared["lowlevel_policy"])
+    assert {"task", "lookahead", "control_hz"} <= set(declared["oracle_goals"])
     assert {"device", "replay_file", "control_hz", "task"} <= set(declared["teleop"])
     assert {"out", "task", "instruction", "control_hz", "bag"} <= set(declared["recorder"])
 
@@ -141,7 +144,28 @@ def test_sim_launch_nodes_parameters_and_arguments():
         assert inline(nodes[name])["task"] == "tool_open_to"
     assert inline(nodes["twin_bridge"])["seed"] == 7
     assert inline(nodes["twin_bridge"])["real_time_factor"] == 2
-    assert inline(nodes["episode_coordinator"]) == {"episodes": 3, "results_path": "r.jsonl"}
+    assert inline(nodes["episode_coordinator"]) == {
+        "episodes": 3, "results_path": "r.jsonl", "ready_topics": "/dexhier/command/arm"
+    }  # fmt: skip
+
+
+def test_sim_launch_with_the_learned_low_level():
+    """policy:=lowlevel swaps the expert for the learned low level and its stand-in goal source."""
+    args = {"policy": "lowlevel", "task": "tool_open_to", "temporal_ensemble": "true"}
+    nodes = by_name(parse_launch_file(SIM, args))
+    assert set(nodes) == SIM_NODES - {"expert_policy"} | {"lowlevel_policy", "oracle_goals"}
+    for name in ("lowlevel_policy", "oracle_goals"):
+        assert (nodes[name].package, nodes[name].executable) == ("dexhier_ros", name)
+        assert inline(nodes[name])["use_sim_time"] is True and files(nodes[name]) == []
+    low = inline(nodes["lowlevel_policy"])
+    assert low["temporal_ensemble"] is True and Path(low["checkpoint"]).is_dir()  # the shipped checkpoint
+    assert inline(nodes["oracle_goals"])["task"] == "tool_open_to"
+    # The first episode waits for the policy, perception (the tool state) and the goal source.
+    ready = inline(nodes["episode_coordinator"])["ready_topics"].split(",")
+    assert ready == ["/dexhier/command/arm", "/dexhier/tool_state", "/dexhier/subgoal/image"]
+    assert "lowlevel_policy" not in by_name(parse_launch_file(SIM, {"policy": "expert"}))
+    with pytest.raises(ValueError, match=r"argument 'policy' is 'beso' \(valid: expert, lowlevel\)"):
+        parse_launch_file(SIM, {"policy": "beso"})
 
 
 # ------------------------------------------------------------------------------ cell.launch.xml
@@ -281,12 +305,13 @@ def test_teleop_rates_and_image_sizes_agree():
 CASES = [
     (SIM, {}),
     (SIM, {"perception": "false"}),
+    (SIM, {"policy": "lowlevel"}),
     (CELL, {}),
     (CELL, {"use_camera": "false"}),
     (TELEOP, {}),
     (TELEOP, {"perception": "false", "device": "handpose", "replay_file": "s.jsonl"}),
 ]
-IDS = ["sim", "sim-no-perception", "cell", "cell-no-camera", "teleop", "teleop-handpose"]
+IDS = ["sim", "sim-no-perception", "sim-lowlevel", "cell", "cell-no-camera", "teleop", "teleop-handpose"]
 
 
 def test_every_launch_file_is_checked():

@@ -87,6 +87,14 @@ class ChunkBuffer:
                 return 0
             return max(0, self._chunks[-1][0] + self.exec_steps - self._step)
 
+    def covered(self) -> int:
+        """Steps, from the current one, that the newest chunk still covers up to its horizon (0 if none)."""
+        with self._lock:
+            if not self._chunks:
+                return 0
+            start, chunk = self._chunks[-1]
+            return max(0, start + len(chunk) - self._step)
+
     def pop(self) -> np.ndarray | None:
         """The action (A,) of the current step, then advance one step; None if no chunk covers it."""
         with self._lock:

@@ -4,9 +4,10 @@ Until the learned high level (subgoal generator + filter + controller) runs in t
 gives the low-level policy its goals the way ``dexhier eval rollout --policy lowlevel`` does
 in-process (:class:`dexhier.oracle_goals.OracleGoals`). When the twin starts an episode
 (``/dexhier/sim/episode``: episode number, seed, task), a worker thread runs the privileged expert
-on the same seed in a twin of its own (about 0.4 s for ``tool_open_to``, off the control path).
-Then, at the control rate, it tracks the robot's progress along that rollout from the latest
-``/joint_states`` (proprio only) and publishes the expert's frame ``lookahead`` steps ahead:
+on the same seed in a twin of its own (about 0.4 s for ``tool_open_to``, off the control path;
+the seed after it, the twin's next, is then prefetched the same way). At the control rate, it
+tracks the robot's progress along that rollout from the latest ``/joint_states`` (proprio only)
+and publishes the expert's frame ``lookahead`` steps ahead:
 
 * ``/dexhier/subgoal/image`` (Image, rgb8, the goal camera at ``image_size``, 64x64 by default);
 * ``/dexhier/tool_goal`` (JointState, joint ``tip_gap`` in m, the tool-state name perception uses);
@@ -67,7 +68,9 @@ class OracleGoalNode(Node):
         self.episode = 0
         self.episode_clock = 0.0  # ROS time (s) at which the current episode started
         self.ready: int | None = None  # the episode whose expert rollout is prepared
-        self.oracle: OracleGoals | None = None
+        self.oracle: OracleGoals | None = None  # the episode's, read by the timer
+        self.spare: OracleGoals | None = None  # prefetches the next seed (worker only)
+        self.spare_key: tuple[str, int] | None = None  # (task, seed) the spare holds
         # Held by the worker while it prepares: the timer skips instead of waiting on it.
         self.lock = threading.Lock()
         self.jobs: queue.Queue[_Job | None] = queue.Queue()
@@ -92,11 +95,11 @@ class OracleGoalNode(Node):
         if episode == self.episode:
             return
         self.episode, self.episode_clock, self.ready = episode, clock, None
-        if episode > 0 and not done:  # episode 0 is the idle start-up scene: no goals
+        if not done:  # episode 0 is the idle start-up scene: no goals, but episode 1 has its seed
             self.jobs.put(_Job(episode, seed, task))
 
     def _work(self) -> None:
-        """Worker thread: prepares expert rollouts. It owns the oracle's twin (and its GL context)."""
+        """Worker thread: prepares expert rollouts. It owns the oracles' twins (and their GL contexts)."""
         try:
             while True:
                 job = self.jobs.get()
@@ -104,23 +107,55 @@ class OracleGoalNode(Node):
                     job = self.jobs.get_nowait()
                 if job is None:
                     return
+                if job.episode == 0:
+                    self._prefetch(job.task, job.seed)
+                    continue
                 self._prepare(job)
+                if self.jobs.empty():
+                    self._prefetch(job.task, job.seed + 1)
         finally:
-            if self.oracle is not None:
-                self.oracle.close()
+            for oracle in (self.oracle, self.spare):
+                if oracle is not None:
+                    oracle.close()
+
+    def _make(self, task: str, old: OracleGoals | None) -> OracleGoals:
+        """An oracle for ``task``: ``old`` if it has that task, else a new one (``old`` is closed)."""
+        if old is not None and old.env.config.task == task:
+            return old
+        if old is not None:
+            old.close()
+        s = self.image_size
+        env = TwinConfig(task=task, image_width=s, image_height=s, render=False, points=False)
+        return OracleGoals(env, self.goal_camera, OracleConfig(lookahead=self.lookahead))
+
+    def _prefetch(self, task: str, seed: int) -> None:
+        """Prepare the seed the twin's next episode will likely use (it counts up), in the spare oracle.
+
+        The in-process evaluation prepares the oracle before the episode's clock starts; in the graph
+        this keeps the episode from waiting for it (and the policy holding meanwhile).
+        """
+        try:
+            self.spare = self._make(task, self.spare)
+            self.spare.prepare(seed)
+            self.spare_key = (task, seed)
+        except Exception as err:  # a failed prefetch only costs time: the episode prepares its own
+            self.spare_key = None
+            self.get_logger().warning(
+                f"oracle goals: cannot prefetch seed {seed}: {type(err).__name__}: {err}"
+            )
 
     def _prepare(self, job: _Job) -> None:
         t0 = time.monotonic()
         with self.lock:
             try:
-                if self.oracle is None or self.oracle.env.config.task != job.task:
-                    if self.oracle is not None:
-                        self.oracle.close()
-                    self.oracle = None
-                    s = self.image_size
-                    env = TwinConfig(task=job.task, image_width=s, image_height=s, render=False, points=False)
-                    self.oracle = OracleGoals(env, self.goal_camera, OracleConfig(lookahead=self.lookahead))
-                ref = self.oracle.prepare(job.seed)
+                if self.spare_key == (job.task, job.seed):  # prefetched: swap it in
+                    self.oracle, self.spare, self.spare_key = self.spare, self.oracle, None
+                    how = "prefetched"
+                else:
+                    self.oracle = self._make(job.task, self.oracle)
+                    self.oracle.prepare(job.seed)
+                    how = "prepared"
+                ref = self.oracle.reference
             except Exception as err:  # a failed preparation must be visible, and must not kill the worker
                 self.get_logger().error(
                     f"oracle goals: cannot prepare seed {job.seed}: {type(err).__name__}: {err}"
@@ -131,7 +166,7 @@ class OracleGoalNode(Node):
         note = "" if ref.success else " (the expert FAILED this seed: its goals may not lead to success)"
         self.get_logger().info(
             f"oracle goals ready for episode {job.episode} (seed {job.seed}, {job.task}): "
-            f"{len(ref.joints)} expert frames in {time.monotonic() - t0:.2f} s{note}"
+            f"{len(ref.joints)} expert frames, {how} ({time.monotonic() - t0:.2f} s){note}"
         )
 
     # ------------------------------------------------------------------ goals
