@@ -116,6 +116,7 @@ def _device(args: argparse.Namespace, config: Any) -> Any:
     first = next_index(args.out) if (args.out / "dataset.json").is_file() else 0
     records = list(expert_stream(args.task, args.seed + first, args.episodes, config))
     if args.save_stream:
+        args.save_stream.parent.mkdir(parents=True, exist_ok=True)
         write_replay(args.save_stream, records)
     return ReplayDevice.from_records(records)
 
