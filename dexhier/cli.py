@@ -745,7 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
     from dexhier.teleop.cli import add_teleop_parser
 
     add_launch_parser(sub, _Parser)
-    add_teleop_parser(sub, _Parser, tasks)
+    add_teleop_parser(sub, _Parser, tasks, _size)
     add_dataset_parser(sub, _Parser)
     return p
 

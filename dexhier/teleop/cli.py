@@ -6,6 +6,7 @@ import argparse
 import errno
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,10 @@ DEVICE_HELP = (
 )
 
 
-def add_teleop_parser(sub: Any, parser_class: type[argparse.ArgumentParser], tasks: list[str]) -> None:
+def add_teleop_parser(
+    sub: Any, parser_class: type[argparse.ArgumentParser], tasks: list[str], size: Callable[[str], Any]
+) -> None:
+    """The ``teleop`` parser; ``size`` parses WIDTHxHEIGHT as every ``dexhier`` image-size flag does."""
     from dexhier.teleop.devices import DEVICE_KINDS, KEY_HELP
 
     tp = sub.add_parser(
@@ -48,7 +52,7 @@ def add_teleop_parser(sub: Any, parser_class: type[argparse.ArgumentParser], tas
     tp.add_argument(
         "--speed", type=float, help="maximum tool-tip speed at full deflection, m/s (default: 0.3)"
     )
-    tp.add_argument("--image-size", default="64x64", help="camera WIDTHxHEIGHT (default: 64x64)")
+    tp.add_argument("--image-size", type=size, default=(64, 64), help="camera WIDTHxHEIGHT (default: 64x64)")
     tp.add_argument("--no-bag", action="store_true", help="do not write MCAP bags")
     tp.add_argument(
         "--no-realtime", action="store_true", help="run as fast as possible (replayed streams only)"
@@ -125,10 +129,6 @@ def cmd_teleop(args: argparse.Namespace) -> int:
     from dexhier.teleop.control import TeleopConfig
     from dexhier.teleop.session import SessionConfig, TeleopSession
 
-    try:
-        w, h = (int(v) for v in args.image_size.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--image-size {args.image_size!r}: use WIDTHxHEIGHT, e.g. 64x64") from None
     teleop = TeleopConfig() if args.speed is None else TeleopConfig(max_linear_speed=args.speed)
     config = SessionConfig(
         task=args.task,
@@ -137,7 +137,7 @@ def cmd_teleop(args: argparse.Namespace) -> int:
         episodes=args.episodes,
         instruction=args.instruction,
         episode_time=args.episode_time,
-        image_size=(w, h),
+        image_size=args.image_size,
         realtime=not args.no_realtime,
         bag=not args.no_bag,
         teleop=teleop,

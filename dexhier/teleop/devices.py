@@ -256,6 +256,15 @@ class ReplayDevice:
         self._closed = True
 
 
+def _close_source(source: Any, closed: bool) -> bool:
+    """Close a wrapped hardware source once (if it has ``close``); returns the new closed flag."""
+    if not closed:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+    return True
+
+
 # --------------------------------------------------------------------------------------------------
 # Keyboard
 
@@ -563,12 +572,7 @@ class SpaceMouseDevice:
         return cmd
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        close = getattr(self._source, "close", None)
-        if close is not None:
-            close()
+        self._closed = _close_source(self._source, self._closed)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -767,12 +771,7 @@ class GamepadDevice:
         return self.state.command(self._clock())
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        close = getattr(self._source, "close", None)
-        if close is not None:
-            close()
+        self._closed = _close_source(self._source, self._closed)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -838,17 +837,7 @@ class CompositeDevice:
         self.name = f"{arm.name}+{hand.name}"
 
     def poll(self, now: float) -> DeviceCommand:
-        a = self.arm.poll(now)
-        h = self.hand.poll(now)
-        return DeviceCommand(
-            linear=a.linear,
-            angular=a.angular,
-            grip=a.grip,
-            clutch=a.clutch,
-            events=a.events,
-            hand_keypoints=h.hand_keypoints,
-            stamp=a.stamp,
-        )
+        return dataclasses.replace(self.arm.poll(now), hand_keypoints=self.hand.poll(now).hand_keypoints)
 
     def close(self) -> None:
         try:
