@@ -143,17 +143,24 @@ def cmd_collect_expert(args: argparse.Namespace) -> int:
 
 _LOWLEVEL_FLAGS = ("checkpoint", "goal_source", "steps", "sampler", "cfg_lambda", "exec_steps",
                    "temporal_ensemble", "lookahead", "tool_noise")  # fmt: skip
+_HIERARCHY_FLAGS = ("checkpoint", "exec_steps", "temporal_ensemble", "generator", "filter", "affordance",
+                    "candidates", "selection", "subgoals", "replan_every")  # fmt: skip
+_POLICY_FLAGS = {"expert": (), "lowlevel": _LOWLEVEL_FLAGS, "hierarchical": _HIERARCHY_FLAGS}
 
 
 def _policy_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The low-level policy's options from the eval flags (only flags the user gave)."""
-    given = {k: getattr(args, k, None) for k in _LOWLEVEL_FLAGS}
+    """The policy's options from the eval flags (only flags the user gave); a flag of another
+    policy is an error rather than silently ignored."""
+    every = dict.fromkeys([*_LOWLEVEL_FLAGS, *_HIERARCHY_FLAGS])
+    given = {k: getattr(args, k, None) for k in every}
     given = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items() if v is not None}
-    if args.policy != "lowlevel":
-        if given:
-            raise ValueError(f"--{next(iter(given)).replace('_', '-')} applies to --policy lowlevel only")
-        return {}
-    given.setdefault("checkpoint", str(DEFAULT_LOWLEVEL))
+    mine = _POLICY_FLAGS.get(args.policy, ())
+    foreign = [k for k in given if k not in mine]
+    if foreign:
+        users = [p for p, flags in _POLICY_FLAGS.items() if foreign[0] in flags]
+        raise ValueError(f"--{foreign[0].replace('_', '-')} applies to --policy {' / '.join(users)} only")
+    if "checkpoint" in mine:
+        given.setdefault("checkpoint", str(DEFAULT_LOWLEVEL))
     return given
 
 
@@ -180,6 +187,68 @@ def _run_eval(args: argparse.Namespace, command: str) -> dict[str, Any]:
     summary["videos"] = [str(v) for v in videos]
     print(f"report: {report}")
     return summary
+
+
+def _hierarchy_flags(group: Any, ablation: bool = False) -> None:
+    from dexhier import hierarchical_rollout as H
+
+    group.add_argument(
+        "--generator",
+        type=Path,
+        default=None,
+        help=f"subgoal generator checkpoint (default: {H.DEFAULT_GENERATOR})",
+    )
+    group.add_argument(
+        "--filter",
+        type=Path,
+        default=None,
+        help=f"progress classifier checkpoint (default: {H.DEFAULT_FILTER})",
+    )
+    group.add_argument(
+        "--affordance",
+        type=Path,
+        default=None,
+        help=f"affordance encoder checkpoint (default: {H.DEFAULT_AFFORDANCE})",
+    )
+    group.add_argument("--candidates", type=_positive, default=None, help="subgoal candidates N (default: 4)")
+    group.add_argument("--replan-every", type=_positive, default=None,
+                       help="control steps between subgoals (default: 10)")  # fmt: skip
+    if not ablation:
+        group.add_argument(
+            "--selection",
+            choices=("progress", "first"),
+            default=None,
+            help="progress: the classifier's argmax (default); first: no filter",
+        )
+        group.add_argument("--subgoals", choices=("generated", "oracle"), default=None,
+                           help="generated (default) or the expert's frames (ablation)")  # fmt: skip
+
+
+def cmd_eval_hierarchy(args: argparse.Namespace) -> int:
+    from dexhier.evaluation import EvalRequest, iter_results, summarize
+    from dexhier.hierarchy_report import VARIANTS, write_hierarchy_report
+
+    base = {k: (str(v) if isinstance(v, Path) else v)
+            for k in ("checkpoint", "generator", "filter", "affordance", "candidates", "replan_every")
+            if (v := getattr(args, k, None)) is not None}  # fmt: skip
+    base.setdefault("checkpoint", str(DEFAULT_LOWLEVEL))
+    summaries = {}
+    for name in args.variants:
+        options = {**base, **VARIANTS[name]}
+        req = EvalRequest(policy="hierarchical", task=args.task, episodes=args.episodes, seed=args.seed,
+                          workers=args.workers, options=options)  # fmt: skip
+        results = _gather(iter_results(req), req.episodes, f"eval hierarchy {name} {req.task}")
+        summaries[name] = summarize(req, results)
+        print(f"{name:>8}: {summaries[name]['successes']}/{req.episodes} "
+              f"({100 * summaries[name]['success_rate']:.1f}%)")  # fmt: skip
+    report = args.report or Path("out") / "eval" / f"hierarchy_{args.task}.md"
+    write_hierarchy_report(summaries, report, "dexhier " + shlex.join(sys.argv[1:]))
+    print(f"report: {report}")
+    _emit(args, {
+        "task": args.task, "episodes": args.episodes, "seed": args.seed, "report": str(report),
+        "variants": {n: {k: v for k, v in s.items() if k != "per_episode"} for n, s in summaries.items()},
+    })  # fmt: skip
+    return 0
 
 
 def cmd_eval_rollout(args: argparse.Namespace) -> int:
@@ -550,8 +619,38 @@ def build_parser() -> argparse.ArgumentParser:
     ll.add_argument(
         "--tool-noise", type=float, default=None, help="noise on the measured tip gap, m (default: 0)"
     )
+    hl = er.add_argument_group(
+        "hierarchy (--policy hierarchical; --checkpoint, --exec-steps, --temporal-ensemble also apply)"
+    )
+    _hierarchy_flags(hl)
     add_json(er)
     er.set_defaults(func=cmd_eval_rollout)
+
+    eh = ev_sub.add_parser(
+        "hierarchy",
+        help="the hierarchy and its ablations in one run",
+        description="Evaluate the hierarchy (--policy hierarchical) on the same seeds in several "
+        "variants, one after the other: progress-classifier selection of N candidates, no filter "
+        "(N = 1), and the expert's frames as subgoal images (the oracle ablation; tool goal and tool "
+        "state still from perception). Prints one table, writes one markdown report with a "
+        "success-by-width plot.",
+    )
+    eh.add_argument("--task", choices=tasks, default="tweezer_pick", help="task (default: %(default)s)")
+    eh.add_argument("--episodes", type=_positive, default=20, help="episodes per variant (default: 20)")
+    eh.add_argument("--seed", type=int, default=1000, help="seed of episode 0 (default: %(default)s)")
+    eh.add_argument("--workers", type=_positive, default=1, help="parallel worker processes (default: 1)")
+    eh.add_argument(
+        "--variants",
+        nargs="+",
+        choices=("filter", "n1", "oracle"),
+        default=["filter", "n1", "oracle"],
+        help="which variants to run (default: all)",
+    )
+    eh.add_argument("--report", type=Path, default=None, help="markdown report path (default: out/eval/...)")
+    eh.add_argument("--checkpoint", type=Path, default=None, help=f"low level (default: {DEFAULT_LOWLEVEL})")
+    _hierarchy_flags(eh, ablation=True)
+    add_json(eh)
+    eh.set_defaults(func=cmd_eval_hierarchy)
 
     tr = sub.add_parser("train", help="train models")
     tr_sub = tr.add_subparsers(dest="train_command", required=True, metavar="MODEL", parser_class=_Parser)

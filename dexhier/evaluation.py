@@ -52,6 +52,24 @@ def _lowlevel_env(task: str, options: Any) -> TwinConfig:
     return env_config(task, options)
 
 
+def _hierarchical_options(options: dict[str, Any]) -> Any:
+    from dexhier.hierarchical_rollout import HierarchicalOptions
+
+    return HierarchicalOptions(**options)
+
+
+def _make_hierarchical(env: TwinEnv, options: Any) -> RolloutPolicy:
+    from dexhier.hierarchical_rollout import build_controller
+
+    return build_controller(env, options)
+
+
+def _hierarchical_env(task: str, options: Any) -> TwinConfig:
+    from dexhier.hierarchical_rollout import env_config
+
+    return env_config(task, options)
+
+
 @dataclass(frozen=True)
 class PolicyEntry:
     """A policy the evaluator can run.
@@ -74,6 +92,12 @@ POLICIES: dict[str, PolicyEntry] = {
         _lowlevel_env,
         description="learned low-level policy (BESO or its DDPM peer) with --goal-source goals",
         parse_options=_lowlevel_options,
+    ),
+    "hierarchical": PolicyEntry(
+        _make_hierarchical,
+        _hierarchical_env,
+        description="the whole hierarchy: perception, subgoal generator + filter, stage tracking, low level",
+        parse_options=_hierarchical_options,
     ),
 }
 """Policies by name. Learned policies register here as they land."""

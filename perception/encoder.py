@@ -155,6 +155,9 @@ class AffordanceEstimate:
     contact_opening: float
     graspable: bool
     graspable_prob: float
+    object_center: np.ndarray = field(default_factory=lambda: np.full(3, np.nan))
+    """(3,) mean of the object's points in the tool-mount frame (m); NaN unless ``object_valid``.
+    Where the object sits relative to the tips, without privileged state."""
 
 
 class AffordanceEncoder:
@@ -239,6 +242,7 @@ class AffordanceEncoder:
             contact_opening=float(out["contact_opening"][0]),
             graspable=proc.object_valid and prob >= 0.5,
             graspable_prob=prob,
+            object_center=proc.object.mean(0).astype(np.float64) if proc.object_valid else np.full(3, np.nan),
         )
 
 

@@ -60,7 +60,7 @@ def run_episode(
     policy.reset()
     steps, info = 0, {"success": False, "physics_diverged": False}
     if video is not None:
-        video.append(_video_frame(env, video_size))
+        video.append(_video_frame(env, video_size, _inset(policy)))
     while True:
         action = policy.select_action(obs)
         next_obs, _reward, terminated, truncated, info = env.step(action)
@@ -68,7 +68,7 @@ def run_episode(
         if on_step is not None:
             on_step(obs, action, info)
         if video is not None:
-            video.append(_video_frame(env, video_size))
+            video.append(_video_frame(env, video_size, _inset(policy)))
         obs = next_obs
         if terminated or truncated:
             break
@@ -85,7 +85,21 @@ def run_episode(
     )
 
 
-def _video_frame(env: TwinEnv, size: tuple[int, int]) -> np.ndarray:
-    """Scene view beside the wrist view, each ``size`` = (width, height)."""
+def _inset(policy: RolloutPolicy) -> np.ndarray | None:
+    """The policy's current goal image for videos, if it has one (``video_inset()``)."""
+    inset = getattr(policy, "video_inset", None)
+    if not callable(inset):
+        return None
+    image = inset()
+    return np.zeros((8, 8, 3), np.uint8) if image is None else image  # black until the first goal
+
+
+def _video_frame(env: TwinEnv, size: tuple[int, int], inset: np.ndarray | None = None) -> np.ndarray:
+    """Scene view beside the wrist view, each ``size`` = (width, height); with ``inset`` (a policy's
+    goal image, uint8 (S, S, 3)) a third, square panel shows it scaled to the frame height."""
     w, h = size
-    return np.concatenate([env.render("scene", w, h), env.render("wrist", w, h)], axis=1)
+    panels = [env.render("scene", w, h), env.render("wrist", w, h)]
+    if inset is not None:
+        idx = np.arange(h) * inset.shape[0] // h  # nearest-neighbour upscale: keeps the pixels honest
+        panels.append(np.ascontiguousarray(inset[idx][:, idx]))
+    return np.concatenate(panels, axis=1)

@@ -46,6 +46,8 @@ class TwinConfig:
         render: render images (and the cloud); False gives proprio-only observations.
         points: add a point cloud from ``points_camera``'s depth (needs ``render``).
         points_camera: which camera's depth makes the point cloud.
+        points_size: (width, height) of the cloud camera's depth, px; None renders it at the image
+            size (a cell's depth camera usually has more pixels than the policy's images).
         control_hz: action rate, Hz; must divide ``cell.physics_hz``.
         time_limit: episode length, s; None uses the task's limit.
     """
@@ -58,6 +60,7 @@ class TwinConfig:
     render: bool = True
     points: bool = True
     points_camera: str = SCENE_CAMERA
+    points_size: tuple[int, int] | None = None
     control_hz: float = V.CONTROL_HZ_DEFAULT
     time_limit: float | None = None
 
@@ -71,6 +74,10 @@ class TwinConfig:
         unknown = set(self.cameras) - set(V.CAMERAS)
         if unknown:
             raise ValueError(f"unknown cameras {sorted(unknown)}; valid: {', '.join(V.CAMERAS)}")
+        if self.points_size is not None:
+            object.__setattr__(self, "points_size", tuple(int(v) for v in self.points_size))
+            if len(self.points_size) != 2 or min(self.points_size) < 8:
+                raise ValueError(f"points_size must be (width, height) >= 8 px, got {self.points_size}")
         if self.points and (not self.render or self.points_camera not in self.cameras):
             raise ValueError(f"points need render=True and the {self.points_camera!r} camera in cameras")
 
@@ -93,6 +100,7 @@ class TwinEnv(Backend):
         self.model: mujoco.MjModel | None = None
         self.data: mujoco.MjData | None = None
         self._renderer: CameraRenderer | None = None
+        self._points_renderer: CameraRenderer | None = None  # the cloud's, when points_size is set
         self._video_renderer: CameraRenderer | None = None  # for render(): any size, on demand
         self._video_key: tuple | None = None
         self._succeeded = False
@@ -149,6 +157,10 @@ class TwinEnv(Backend):
             if self._renderer is not None:
                 self._renderer.close()
             self._renderer = CameraRenderer(model, self.config.image_width, self.config.image_height)
+            if self.config.points and self.config.points_size is not None:
+                if self._points_renderer is not None:
+                    self._points_renderer.close()
+                self._points_renderer = CameraRenderer(model, *self.config.points_size)
         self.instance = inst
 
     def reset(self, seed: int) -> dict[str, np.ndarray]:
@@ -226,10 +238,10 @@ class TwinEnv(Backend):
         return len(self._robot.joint_names)
 
     def close(self) -> None:
-        for renderer in (self._renderer, self._video_renderer):
+        for renderer in (self._renderer, self._points_renderer, self._video_renderer):
             if renderer is not None:
                 renderer.close()
-        self._renderer = self._video_renderer = None
+        self._renderer = self._points_renderer = self._video_renderer = None
         self._video_key = None
 
     # ----------------------------------------------------------- observation
@@ -265,11 +277,14 @@ class TwinEnv(Backend):
                 obs[V.camera_pose_key(cam)] = pose
         if cfg.points:
             cam = cfg.points_camera
-            ids = self._renderer.geom_ids(d, cam)
+            renderer = self._points_renderer or self._renderer
+            w, h = cfg.points_size or (cfg.image_width, cfg.image_height)
+            ids = renderer.geom_ids(d, cam)
             labels = np.where(ids >= 0, self._seg_table[np.maximum(ids, 0)], V.SEG_LABELS["background"])
             rot, trans = camera_pose(d, cam)
-            intr = camera_intrinsics(self.model, cam, cfg.image_width, cfg.image_height)
-            pts, lab = depth_to_points(obs[V.depth_key(cam)], intr, rot, trans, labels.astype(np.int8))
+            intr = camera_intrinsics(self.model, cam, w, h)
+            depth = obs[V.depth_key(cam)] if self._points_renderer is None else renderer.depth(d, cam)
+            pts, lab = depth_to_points(depth, intr, rot, trans, labels.astype(np.int8))
             obs[V.OBS_POINTS], obs[V.OBS_POINTS_LABEL] = pts, lab
         return obs
 

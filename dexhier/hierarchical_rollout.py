@@ -1,0 +1,143 @@
+"""Running the whole hierarchy in the twin (the rollout adapter of ``--policy hierarchical``).
+
+The twin gives what a cell measures: scene and wrist images at the low level's size, the wrist
+camera's cloud with segmentation labels, and the joint states. Nothing privileged reaches the
+controller; the oracle-subgoal ablation (``subgoals="oracle"``) swaps only the goal *image* for the
+expert's frame, the tool goal and the tool state still come from perception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dexhier import vocabulary as V
+from sim.twin import TwinConfig, TwinEnv
+
+SUBGOAL_SOURCES = ("generated", "oracle")
+DEFAULT_GENERATOR = "checkpoints/subgoal"
+DEFAULT_FILTER = "checkpoints/subgoal_filter"
+DEFAULT_AFFORDANCE = "checkpoints/affordance"
+POINTS_CAMERA = "wrist"
+POINTS_SIZE = (160, 120)
+"""Wrist depth for the cloud, px: at 64 x 64 small objects fall below perception's point minimum."""
+
+
+@dataclass(frozen=True)
+class HierarchicalOptions:
+    """Evaluation settings of the hierarchy (paths are checkpoint directories)."""
+
+    checkpoint: str = "checkpoints/lowlevel"
+    generator: str = DEFAULT_GENERATOR
+    filter: str = DEFAULT_FILTER
+    affordance: str = DEFAULT_AFFORDANCE
+    candidates: int = 4
+    selection: str = "progress"
+    subgoals: str = "generated"
+    replan_every: int = 10
+    exec_steps: int | None = None
+    temporal_ensemble: bool | None = None
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        from policies.high_level.controller import SELECTIONS
+
+        if self.subgoals not in SUBGOAL_SOURCES:
+            raise ValueError(f"unknown subgoal source {self.subgoals!r}; valid: {', '.join(SUBGOAL_SOURCES)}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"unknown selection {self.selection!r}; valid: {', '.join(SELECTIONS)}")
+        if self.candidates < 1 or self.replan_every < 1 or self.threads < 1:
+            raise ValueError("candidates, replan_every and threads must be >= 1")
+        needed = [self.checkpoint, self.affordance]
+        if self.subgoals == "generated":
+            needed.append(self.generator)
+            if self.selection == "progress" and self.candidates > 1:
+                needed.append(self.filter)
+        for path in needed:
+            if not (Path(path) / "config.json").is_file():
+                raise FileNotFoundError(f"no checkpoint at {path} (config.json missing)")
+
+
+def env_config(task: str, options: HierarchicalOptions) -> TwinConfig:
+    """The low level's cameras at its image size, plus the wrist cloud for perception."""
+    from dexhier.goal_rollout import LowLevelOptions
+    from dexhier.goal_rollout import env_config as lowlevel_env
+
+    cfg = lowlevel_env(task, LowLevelOptions(checkpoint=options.checkpoint))
+    cams = tuple(dict.fromkeys([*cfg.cameras, POINTS_CAMERA]))
+    return replace(cfg, cameras=cams, points=True, points_camera=POINTS_CAMERA, points_size=POINTS_SIZE)
+
+
+def build_controller(env: TwinEnv, options: HierarchicalOptions) -> Any:
+    """The controller for ``env``'s task from the option's checkpoints."""
+    import torch
+
+    from dexhier.oracle_goals import OracleGoals
+    from perception.encoder import AffordanceEncoder
+    from policies.high_level.controller import HierarchicalController, PlannerConfig, SubgoalPlanner
+    from policies.high_level.generator import SubgoalGenerator
+    from policies.high_level.progress import ProgressClassifier
+    from policies.low_level.policy import LowLevelPolicy
+
+    torch.set_num_threads(options.threads)
+    lowlevel = LowLevelPolicy.load(
+        options.checkpoint, exec_steps=options.exec_steps, temporal_ensemble=options.temporal_ensemble
+    )
+    generator = classifier = None
+    if options.subgoals == "generated":
+        generator = SubgoalGenerator.load(options.generator)
+        if options.selection == "progress" and options.candidates > 1:
+            classifier = ProgressClassifier.load(options.filter)
+    selection = options.selection if classifier is not None else "first"
+    planner = SubgoalPlanner(
+        PlannerConfig(task=env.config.task, candidates=options.candidates, selection=selection,
+                      replan_every=options.replan_every),
+        generator,
+        classifier,
+    )  # fmt: skip
+    goal_images = None
+    if options.subgoals == "oracle":
+        oracle = OracleGoals(replace(env.config, time_limit=None, points=False), lowlevel.config.goal_camera)
+        goal_images = _OracleImages(oracle)
+    controller = HierarchicalController(
+        planner,
+        lowlevel,
+        AffordanceEncoder.load(options.affordance),
+        lowlevel.config.goal_camera,
+        goal_images,
+    )
+    return _EpisodeAdapter(env, controller, goal_images)
+
+
+class _OracleImages:
+    """Goal images from the expert's rollout of the episode's seed (``obs -> uint8 image``)."""
+
+    def __init__(self, oracle: Any) -> None:
+        self.oracle = oracle
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.oracle.goal(obs)[V.GOAL_RGB]
+
+
+class _EpisodeAdapter:
+    """Seeds the controller (and the oracle, in that ablation) from the env's episode."""
+
+    def __init__(self, env: TwinEnv, controller: Any, oracle: _OracleImages | None) -> None:
+        self.env, self.controller, self.oracle = env, controller, oracle
+
+    def reset(self) -> None:
+        seed = self.env.episode_metadata()["seed"]
+        if seed is None:
+            raise RuntimeError("reset the env (env.reset(seed)) before the policy")
+        if self.oracle is not None:
+            self.oracle.oracle.prepare(int(seed))
+        self.controller.reset(int(seed))
+
+    def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.controller.select_action(obs)
+
+    def video_inset(self) -> np.ndarray | None:
+        return self.controller.video_inset()

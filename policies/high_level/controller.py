@@ -1,0 +1,218 @@
+"""The hierarchy: the subgoal planner (high level) and the controller that drives the low level with it.
+
+:class:`SubgoalPlanner` is the high level on its own (what the ROS high-level node wraps): from the
+current scene image and the affordance estimate it tracks the grasp stage (``stages``), and every
+``replan_every`` control steps, when the stage changes or when the current subgoal is reached, it
+samples N candidate subgoals with the generator and keeps the one the selection prefers. Its output
+is ``{subgoal image, tool goal opening}``.
+
+:class:`HierarchicalController` runs the whole stack in one process, on what a cell measures: the
+scene and wrist images, the wrist cloud and the joint states. It estimates the tool state with the
+affordance encoder (the tool-mount pose by forward kinematics of the joint states), asks the planner
+for the goal and the low-level policy for joint targets. Fallbacks: an invalid cloud keeps the last
+valid tool state; until one has been seen, or while the tool goal is unknown, it holds the joints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from dexhier import vocabulary as V
+from perception.encoder import AffordanceEncoder, AffordanceEstimate
+from policies.high_level.generator import SubgoalGenerator, images_to_model, model_to_images
+from policies.high_level.progress import ProgressClassifier
+from policies.high_level.stages import StageConfig, StageTracker
+
+SELECTIONS = ("progress", "first")
+"""How a subgoal is chosen among the candidates: the progress classifier's argmax, or the first one
+(with ``candidates=1`` this is the generator alone, the 'filter off' ablation)."""
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    """High-level settings. ``replan_every`` in control steps; ``reached_mse`` in the generator's
+    [-1, 1] image units (mean squared difference between the current image and the subgoal)."""
+
+    task: str
+    candidates: int = 4
+    selection: str = "progress"
+    replan_every: int = 10
+    reached_mse: float = 0.002
+    seed: int = 0
+    stages: StageConfig = field(default_factory=StageConfig)
+
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"unknown selection {self.selection!r}; valid: {', '.join(SELECTIONS)}")
+        if self.candidates < 1 or self.replan_every < 1 or self.reached_mse < 0:
+            raise ValueError("candidates and replan_every must be >= 1, reached_mse >= 0")
+
+
+@dataclass(frozen=True)
+class Subgoal:
+    """One high-level decision. Images uint8 RGB at the generator's resolution (S, S, 3)."""
+
+    image: np.ndarray | None
+    """The chosen subgoal; None when the planner has no generator (goal images come from elsewhere)."""
+    tool_goal: float
+    """Tip gap the tool must reach, m; NaN until the tool has been seen."""
+    stage: str
+    retries: int
+    chosen_at: int
+    """Control step at which the image was chosen."""
+    candidates: np.ndarray | None = None
+    scores: np.ndarray | None = None
+
+
+class SubgoalPlanner:
+    """Current scene image + affordance estimate -> :class:`Subgoal`; ``reset(seed)`` per episode.
+
+    Raises ValueError for a task the generator or the classifier does not know, for mismatched image
+    sizes between them, and (in :meth:`update`) for images that are not uint8 RGB (H, W, 3).
+    """
+
+    def __init__(
+        self,
+        config: PlannerConfig,
+        generator: SubgoalGenerator | None,
+        classifier: ProgressClassifier | None = None,
+    ) -> None:
+        self.config, self.generator, self.classifier = config, generator, classifier
+        self.tracker = StageTracker(config.stages)
+        if generator is not None:
+            self._task = generator.task_ids([config.task])
+            self.size = generator.config.image_size
+        if config.selection == "progress" and generator is not None:
+            if classifier is None:
+                raise ValueError("selection 'progress' needs a progress classifier")
+            if config.task not in classifier.config.tasks:
+                raise ValueError(
+                    f"unknown task {config.task!r}; the classifier knows {list(classifier.config.tasks)}"
+                )
+            if classifier.config.image_size != self.size:
+                raise ValueError(f"the classifier's images are {classifier.config.image_size} px, "
+                                 f"the generator's {self.size}")  # fmt: skip
+            self._clf_task = torch.tensor([classifier.config.tasks.index(config.task)])
+        self.reset(config.seed)
+
+    def reset(self, seed: int = 0) -> None:
+        self.tracker.reset()
+        self.current: Subgoal | None = None
+        self._step = 0
+        self._gen = torch.Generator().manual_seed(int(seed))
+
+    def update(self, image: np.ndarray, estimate: AffordanceEstimate | None) -> Subgoal:
+        """One control step: track the stage and replan when due. ``image`` uint8 (H, W, 3)."""
+        x = images_to_model(image, self.size) if self.generator is not None else None
+        if x is not None and x.shape[0] != 1:
+            raise ValueError(f"one image (H, W, 3) expected, got {np.shape(image)}")
+        stage = self.tracker.update(estimate)
+        cur = self.current
+        due = (
+            cur is None
+            or stage.changed
+            or self._step - cur.chosen_at >= self.config.replan_every
+            or (x is not None and cur.image is not None and self._reached(x, cur.image))
+        )
+        if due:
+            cands, scores, image_out = (None, None, None) if x is None else self._propose(x)
+            cur = Subgoal(image_out, stage.tool_goal, stage.stage, stage.retries, self._step, cands, scores)
+        else:
+            cur = Subgoal(cur.image, stage.tool_goal, stage.stage, stage.retries, cur.chosen_at,
+                          cur.candidates, cur.scores)  # fmt: skip
+        self.current = cur
+        self._step += 1
+        return cur
+
+    def _reached(self, x: torch.Tensor, goal: np.ndarray) -> bool:
+        g = images_to_model(goal, self.size)
+        return float(((x - g) ** 2).mean()) < self.config.reached_mse
+
+    def _propose(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        cfg = self.config
+        cands = self.generator.sample(x, self._task, candidates=cfg.candidates, gen=self._gen)  # (1, N, ...)
+        scores, best = None, 0
+        if cfg.selection == "progress" and cfg.candidates > 1:
+            s = self.classifier.scores(x, cands, self._clf_task)[0]
+            scores, best = s.numpy(), int(s.argmax())
+        images = model_to_images(cands[0])
+        return images, scores, images[best]
+
+
+class HierarchicalController:
+    """Perception + planner + low level, as a ``reset()`` / ``select_action(obs)`` policy.
+
+    ``obs`` holds the twin's (or a cell's) keys: arm and hand joint positions, the low level's camera
+    images, and the wrist cloud (``V.OBS_POINTS``, optional ``V.OBS_POINTS_LABEL``) in the base frame.
+    ``goal_images`` optionally replaces the generated subgoal image (the oracle ablation): a callable
+    ``obs -> uint8 image``.
+    """
+
+    def __init__(self, planner: SubgoalPlanner, lowlevel: Any, encoder: AffordanceEncoder,
+                 scene_camera: str = "scene", goal_images: Any = None) -> None:  # fmt: skip
+        from sim.kinematics import ToolMountKinematics
+
+        self.planner, self.lowlevel, self.encoder = planner, lowlevel, encoder
+        self.scene_camera, self.goal_images = scene_camera, goal_images
+        layout = lowlevel.layout
+        self.joint_names = [*layout.arm_joints, *layout.hand_joints]
+        self.kinematics = ToolMountKinematics()
+        self.goal_size = lowlevel.config.image_size
+        self.reset()
+
+    def reset(self, seed: int = 0) -> None:
+        self.planner.reset(seed)
+        self.lowlevel.reset(seed)
+        self.estimate: AffordanceEstimate | None = None
+        self.last_valid: AffordanceEstimate | None = None
+        self.subgoal: Subgoal | None = None
+        self.goal_image: np.ndarray | None = None  # what the low level was last given
+        self.held_steps = 0
+
+    def _joints(self, obs: Mapping[str, Any]) -> np.ndarray:
+        q = np.concatenate([np.asarray(obs[V.OBS_ARM_QPOS], float), np.asarray(obs[V.OBS_HAND_QPOS], float)])
+        if q.shape != (len(self.joint_names),) or not np.all(np.isfinite(q)):
+            raise ValueError(f"joint positions must be {len(self.joint_names)} finite values, got {q.shape}")
+        return q
+
+    def perceive(self, obs: Mapping[str, Any]) -> AffordanceEstimate | None:
+        """The affordance estimate of this step's cloud, or None (with ``self.estimate``) if invalid."""
+        q = self._joints(obs)
+        pose = self.kinematics.pose(self.joint_names, q)
+        points = obs.get(V.OBS_POINTS)
+        if points is None:
+            self.estimate = None
+            return None
+        est = self.encoder.encode(points, obs.get(V.OBS_POINTS_LABEL), pose)
+        self.estimate = est
+        if est.valid:
+            self.last_valid = est
+            return est
+        return None
+
+    def select_action(self, obs: Mapping[str, Any]) -> np.ndarray:
+        """Joint targets (arm then hand, rad) for the next control step."""
+        q = self._joints(obs)
+        est = self.perceive(obs)
+        scene = obs[V.rgb_key(self.scene_camera)]
+        self.subgoal = self.planner.update(scene, est)
+        if self.last_valid is None or not np.isfinite(self.subgoal.tool_goal):
+            self.held_steps += 1  # the tool state is unknown: hold rather than guess
+            return q
+        image = self.subgoal.image if self.goal_images is None else self.goal_images(obs)
+        if image.shape[0] != self.goal_size:
+            image = model_to_images(images_to_model(image, image.shape[0]), self.goal_size)[0]
+        self.goal_image = image
+        low_obs = dict(obs)
+        low_obs[V.OBS_TOOL_TIP_GAP] = np.array([self.last_valid.tip_gap])
+        goal = {V.GOAL_RGB: image, V.GOAL_TOOL_TIP_GAP: np.array([self.subgoal.tool_goal])}
+        return self.lowlevel.select_action(low_obs, goal)
+
+    def video_inset(self) -> np.ndarray | None:
+        """The goal image last handed to the low level (uint8), for rollout videos; None before."""
+        return self.goal_image

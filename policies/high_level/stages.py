@@ -1,0 +1,126 @@
+"""Stage tracking for tweezer grasps, from perception only: what the tool must do next.
+
+The low level takes a goal image *and* a tool goal opening. The image comes from the subgoal
+generator; the opening follows the stage of the grasp, which this tracker infers from the
+affordance encoder's output (tool state + where the object sits relative to the tips, both from the
+wrist cloud in the tool-mount frame) — no privileged state:
+
+    approach  open to the encoder's approach opening (object width + margin) and get the object
+              between the tips;                                  -> close when it is there
+    close     close to the contact opening (the object width);   -> lift after ``close_steps``
+    lift      hold the contact opening while the arm lifts;      -> approach again (a retry) when
+              the object is no longer between the tips for ``lost_steps`` observations
+
+A retry re-opens the tool and starts over instead of marching on with an empty grasp. Lengths in m.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from perception.encoder import AffordanceEstimate
+
+STAGES = ("approach", "close", "lift")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Thresholds of the tracker.
+
+    ``tip_in_mount`` is the tip centre in the tool-mount frame (m): the tool's calibration, like a
+    robot's TCP offset (the twin's tweezers: 0.14 m along the mount's z axis).
+    """
+
+    tip_in_mount: tuple[float, float, float] = (0.0, 0.0, 0.14)
+    close_distance: float = 0.009
+    lost_distance: float = 0.02
+    close_steps: int = 10
+    lost_steps: int = 5
+    max_retries: int = 3
+    trust_distance: float = 0.06
+    """Openings are estimated only from clouds with the object at most this far from the tips."""
+    opening_window: int = 15
+    """The approach opening is the median of the last this-many trusted estimates."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tip_in_mount", tuple(float(v) for v in self.tip_in_mount))
+        if len(self.tip_in_mount) != 3 or not np.all(np.isfinite(self.tip_in_mount)):
+            raise ValueError(f"tip_in_mount must be 3 finite numbers, got {self.tip_in_mount}")
+        if not 0 < self.close_distance < self.lost_distance:
+            raise ValueError("need 0 < close_distance < lost_distance")
+        if min(self.close_steps, self.lost_steps, self.opening_window) < 1 or self.max_retries < 0:
+            raise ValueError("close_steps, lost_steps and opening_window must be >= 1, max_retries >= 0")
+        if self.trust_distance <= 0:
+            raise ValueError("trust_distance must be > 0")
+
+
+@dataclass(frozen=True)
+class StageDecision:
+    """The tracker's output for one observation. ``tool_goal`` in m; NaN until the tool is seen."""
+
+    stage: str
+    tool_goal: float
+    retries: int
+    changed: bool
+    object_distance: float
+    """Object centre to tip centre (m); NaN when the object is not in the cloud."""
+
+
+class StageTracker:
+    """Feed one :class:`AffordanceEstimate` per control step to :meth:`update`; ``reset`` per episode."""
+
+    def __init__(self, config: StageConfig | None = None) -> None:
+        self.config = config or StageConfig()
+        self._tip = np.asarray(self.config.tip_in_mount)
+        self.reset()
+
+    def reset(self) -> None:
+        self.stage = "approach"
+        self.retries = 0
+        self._in_stage = 0
+        self._lost = 0
+        self._openings: list[tuple[float, float]] = []  # trusted (approach, contact) estimates
+        self._max_gap: float | None = None
+
+    def _goal(self) -> float:
+        if self._openings:
+            approach, contact = np.median(np.asarray(self._openings), axis=0)
+            return float(approach if self.stage == "approach" else contact)
+        return float("nan") if self._max_gap is None else float(self._max_gap)
+
+    def update(self, est: AffordanceEstimate | None) -> StageDecision:
+        """Advance on one estimate; an invalid or missing one holds the stage (and counts as unseen)."""
+        cfg = self.config
+        before = self.stage
+        dist = float("nan")
+        if est is not None and est.valid:
+            self._max_gap = est.max_gap if np.isfinite(est.max_gap) else self._max_gap
+            if est.object_valid and np.all(np.isfinite(est.object_center)):
+                dist = float(np.linalg.norm(np.asarray(est.object_center) - self._tip))
+                # Openings are estimated while approaching and frozen once the tips close on the object.
+                if (
+                    self.stage == "approach"
+                    and dist < cfg.trust_distance
+                    and np.isfinite(est.approach_opening)
+                ):
+                    self._openings.append((float(est.approach_opening), float(est.contact_opening)))
+                    del self._openings[: -cfg.opening_window]
+        self._in_stage += 1
+        seen = np.isfinite(dist)
+        if self.stage == "approach":
+            if seen and dist < cfg.close_distance and self._openings:
+                self._enter("close")
+        elif self.stage == "close":
+            if self._in_stage >= cfg.close_steps:
+                self._enter("lift")
+        elif self.stage == "lift":
+            self._lost = 0 if seen and dist < cfg.lost_distance else self._lost + 1
+            if self._lost >= cfg.lost_steps and self.retries < cfg.max_retries:
+                self.retries += 1
+                self._enter("approach")
+        return StageDecision(self.stage, self._goal(), self.retries, self.stage != before, dist)
+
+    def _enter(self, stage: str) -> None:
+        self.stage, self._in_stage, self._lost = stage, 0, 0
