@@ -824,10 +824,11 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--task", choices=tasks, default="tweezer_pick", help="task (default: %(default)s)")
     de.add_argument(
         "--policy",
-        choices=("expert", "lowlevel"),
+        choices=("expert", "lowlevel", "hierarchical"),
         default="expert",
         help="expert: the privileged expert; lowlevel: the learned low-level policy with oracle goals "
-        "standing in for the high level (default: %(default)s)",
+        "standing in for the high level; hierarchical: the learned hierarchy (perception, subgoal "
+        "generator + filter, low level) (default: %(default)s)",
     )
     de.add_argument("--episodes", type=_positive, default=5, help="number of episodes (default: 5)")
     de.add_argument("--seed", type=int, default=0, help="seed of episode 0 (default: 0)")

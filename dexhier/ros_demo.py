@@ -5,7 +5,8 @@ runs on a cell), lets the episode coordinator run N seeded episodes, then prints
 results and the summary by object width, and writes a markdown report beside the videos.
 The policy node is the launch argument ``policy``: ``expert`` (the privileged expert, the default
 until the learned layers are complete) or ``lowlevel`` (the learned low-level policy, with the
-``oracle_goals`` node standing in for the high level); the report names the one that ran.
+``oracle_goals`` node standing in for the high level) or ``hierarchical`` (the low-level policy with
+the learned ``highlevel`` node giving its goals); the report names the one that ran.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ POLICY_NODES = {
     "expert": "the privileged expert (expert_policy), standing in until the learned layers land",
     "lowlevel": "the learned low-level policy (lowlevel_policy, checkpoints/lowlevel) with goals from "
     "oracle_goals, a stand-in for the high level that replays the expert's rollout of each seed",
+    "hierarchical": "the learned hierarchy: the low-level policy (lowlevel_policy, checkpoints/lowlevel) "
+    "with goals from the learned high level (highlevel: subgoal generator checkpoints/subgoal, progress "
+    "filter checkpoints/subgoal_filter, grasp stage from perception's tool state)",
 }
 """What runs as the policy for each value of the launch argument ``policy``."""
 
@@ -87,7 +91,13 @@ def run_demo(
                       object={"width": r["object_width"] or 0.0})
         for r in rows
     ]  # fmt: skip
-    options = {"checkpoint": str(ROOT / "checkpoints" / "lowlevel")} if policy == "lowlevel" else {}
+    ckpt = ROOT / "checkpoints"
+    options = {}
+    if policy in ("lowlevel", "hierarchical"):
+        options["checkpoint"] = str(ckpt / "lowlevel")
+    if policy == "hierarchical":  # absolute paths: the options are checked wherever the demo runs
+        options.update(generator=str(ckpt / "subgoal"), filter=str(ckpt / "subgoal_filter"),
+                       affordance=str(ckpt / "affordance"))  # fmt: skip
     req = EvalRequest(policy=policy, task=task, episodes=max(1, len(results)), seed=seed, options=options)
     summary = summarize(req, results)
     summary.update(launch_exit_code=code, graph_wall_s=wall, through_ros=True)

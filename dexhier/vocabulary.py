@@ -39,6 +39,14 @@ TOOL_JOINTS: tuple[str, ...] = ("tweezer_hinge_a", "tweezer_hinge_b")
 
 TOOL_STATE_NAMES: tuple[str, ...] = ("tip_gap", "opening_angle")
 """Names of the tool-state fields: tip gap (m) and half-opening angle theta (rad)."""
+TOOL_STATE_MAX_GAP = "max_gap"
+"""Full opening of the tool (m): on ``/dexhier/tool_state`` after ``TOOL_STATE_NAMES`` whenever
+perception estimates the tool."""
+TOOL_STATE_OBJECT_NAMES: tuple[str, ...] = (
+    "approach_opening", "contact_opening", "graspable", "object_x", "object_y", "object_z",
+)  # fmt: skip
+"""Fields perception appends to ``/dexhier/tool_state`` when the object is in the cloud: approach
+and contact openings (m), graspable probability, object centre in the tool-mount frame (m)."""
 
 # --- Frames (ROS frame ids) --------------------------------------------------------------
 FRAME_BASE = "base_link"
@@ -131,6 +139,19 @@ TELEOP_POWER_GRASP = "teleop/power_grasp"
 """bool scalar: the hand synergy was the power grasp (else the tool pinch)."""
 SAFETY_HELD = "safety/held"
 """bool scalar: True when the safety supervisor forwarded no fresh command (hold, e-stop, reject)."""
+
+# --- Topics of the policy graph ------------------------------------------------------------------
+TOPIC_TOOL_STATE = "/dexhier/tool_state"
+"""sensor_msgs/JointState from perception: ``TOOL_STATE_NAMES``, ``TOOL_STATE_MAX_GAP`` and, when the
+object is seen, ``TOOL_STATE_OBJECT_NAMES`` (matched by name)."""
+TOPIC_SUBGOAL_IMAGE = "/dexhier/subgoal/image"
+"""sensor_msgs/Image (rgb8): the low level's goal image, from the high level (or its stand-in)."""
+TOPIC_TOOL_GOAL = "/dexhier/tool_goal"
+"""sensor_msgs/JointState, joint ``tip_gap`` (m): the low level's tool goal."""
+TOPIC_SIM_EPISODE = "/dexhier/sim/episode"
+"""std_msgs/String (JSON): the twin's episode; learned nodes read only its number, seed and clock."""
+TOPIC_HIGHLEVEL_STAGE = "/dexhier/highlevel/stage"
+"""std_msgs/String (JSON): the high level's grasp stage, retries, tool goal and replan step."""
 
 # --- Teleop topics (recorded to MCAP next to the episode) ------------------------------------------
 TOPIC_JOINT_STATES = "/joint_states"

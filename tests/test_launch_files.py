@@ -112,6 +112,9 @@ def test_node_sources_declare_parameters():
     lowlevel = {"checkpoint", "control_hz", "temporal_ensemble", "exec_steps", "goal_timeout", "obs_timeout"}
     assert lowlevel <= set(declared["lowlevel_policy"])
     assert {"task", "lookahead", "control_hz"} <= set(declared["oracle_goals"])
+    highlevel = {"generator", "filter", "task", "candidates", "selection", "replan_every", "rate_hz",
+                 "image_size"}  # fmt: skip
+    assert highlevel <= set(declared["highlevel"])
     assert {"device", "replay_file", "control_hz", "task"} <= set(declared["teleop"])
     assert {"out", "task", "instruction", "control_hz", "bag"} <= set(declared["recorder"])
 
@@ -164,8 +167,31 @@ def test_sim_launch_with_the_learned_low_level():
     ready = inline(nodes["episode_coordinator"])["ready_topics"].split(",")
     assert ready == ["/dexhier/command/arm", "/dexhier/tool_state", "/dexhier/subgoal/image"]
     assert "lowlevel_policy" not in by_name(parse_launch_file(SIM, {"policy": "expert"}))
-    with pytest.raises(ValueError, match=r"argument 'policy' is 'beso' \(valid: expert, lowlevel\)"):
+    with pytest.raises(
+        ValueError, match=r"argument 'policy' is 'beso' \(valid: expert, lowlevel, hierarchical\)"
+    ):
         parse_launch_file(SIM, {"policy": "beso"})
+
+
+def test_sim_launch_with_the_learned_hierarchy():
+    """policy:=hierarchical runs the learned low level with the learned high level instead of the stand-in."""
+    args = {"policy": "hierarchical", "task": "tool_open_to", "generator_checkpoint": "g",
+            "filter_checkpoint": "f"}  # fmt: skip
+    nodes = by_name(parse_launch_file(SIM, args))
+    assert set(nodes) == SIM_NODES - {"expert_policy"} | {"lowlevel_policy", "highlevel"}
+    for name in ("lowlevel_policy", "highlevel"):
+        assert (nodes[name].package, nodes[name].executable) == ("dexhier_ros", name)
+        assert inline(nodes[name])["use_sim_time"] is True and files(nodes[name]) == []
+    assert inline(nodes["highlevel"]) == {"use_sim_time": True, "task": "tool_open_to", "generator": "g",
+                                          "filter": "f"}  # fmt: skip
+    assert Path(inline(nodes["lowlevel_policy"])["checkpoint"]).is_dir()
+    ready = inline(nodes["episode_coordinator"])["ready_topics"].split(",")
+    assert ready == ["/dexhier/command/arm", "/dexhier/tool_state", "/dexhier/subgoal/image"]
+    # The default checkpoints are the repository's.
+    high = inline(by_name(parse_launch_file(SIM, {"policy": "hierarchical"}))["highlevel"])
+    assert Path(high["generator"]).resolve() == ROOT / "checkpoints" / "subgoal"
+    assert Path(high["filter"]).resolve() == ROOT / "checkpoints" / "subgoal_filter"
+    assert "highlevel" not in by_name(parse_launch_file(SIM, {"policy": "lowlevel"}))
 
 
 # ------------------------------------------------------------------------------ cell.launch.xml
@@ -306,12 +332,14 @@ CASES = [
     (SIM, {}),
     (SIM, {"perception": "false"}),
     (SIM, {"policy": "lowlevel"}),
+    (SIM, {"policy": "hierarchical"}),
     (CELL, {}),
     (CELL, {"use_camera": "false"}),
     (TELEOP, {}),
     (TELEOP, {"perception": "false", "device": "handpose", "replay_file": "s.jsonl"}),
 ]
-IDS = ["sim", "sim-no-perception", "sim-lowlevel", "cell", "cell-no-camera", "teleop", "teleop-handpose"]
+IDS = ["sim", "sim-no-perception", "sim-lowlevel", "sim-hierarchical", "cell", "cell-no-camera", "teleop",
+       "teleop-handpose"]  # fmt: skip
 
 
 def test_every_launch_file_is_checked():

@@ -59,6 +59,7 @@ setup(
             f"expert_policy = {PACKAGE}.expert_policy:main",
             f"lowlevel_policy = {PACKAGE}.lowlevel_node:main",
             f"oracle_goals = {PACKAGE}.oracle_goal_node:main",
+            f"highlevel = {PACKAGE}.highlevel_node:main",
             f"safety_supervisor = {PACKAGE}.safety_supervisor:main",
             f"episode_coordinator = {PACKAGE}.episode_coordinator:main",
             f"perception = {PACKAGE}.perception_node:main",

@@ -2,9 +2,10 @@
 
 Subscribes ``/camera/points`` (PointCloud2, sensor-data QoS; a ``label`` field, when present, splits
 tool and object) and ``/joint_states`` (the tool-mount pose follows by forward kinematics).
-Publishes ``/dexhier/tool_state`` (JointState: ``tip_gap`` m, ``opening_angle`` rad, with the
-affordance fields ``max_gap``, ``approach_opening``, ``contact_opening`` m and ``graspable``
-probability when an object is seen) and ``/dexhier/tool_latent`` (Float32MultiArray, the 64-D
+Publishes ``/dexhier/tool_state`` (JointState: ``tip_gap`` m, ``opening_angle`` rad, ``max_gap`` m,
+then, when an object is seen, the affordance fields ``approach_opening``, ``contact_opening`` m,
+``graspable`` probability and the object centre ``object_x``, ``object_y``, ``object_z`` in the
+tool-mount frame, m; see :func:`tool_state_fields`) and ``/dexhier/tool_latent`` (Float32MultiArray, the 64-D
 tool-state embedding). Unusable clouds (empty, NaN, too few tool points) publish nothing and log
 their reason, at most once a second.
 """
@@ -17,11 +18,27 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import JointState, PointCloud2
 from std_msgs.msg import Float32MultiArray
 
+from dexhier import vocabulary as V
 from dexhier_ros import messages as M
 from dexhier_ros.runtime import parameter, run_node
-from perception.encoder import AffordanceEncoder
+from perception.encoder import AffordanceEncoder, AffordanceEstimate
 from perception.pointcloud2 import pointcloud2_to_points
 from sim.kinematics import ToolMountKinematics
+
+
+def tool_state_fields(est: AffordanceEstimate) -> tuple[list[str], list[float]]:
+    """(names, values) of a valid estimate on ``/dexhier/tool_state``.
+
+    The tool's fields always (``tip_gap``, ``opening_angle``, ``max_gap``), the object's only when it
+    is in the cloud; consumers match them by name (the high level rebuilds the estimate from them).
+    """
+    names = [*V.TOOL_STATE_NAMES, V.TOOL_STATE_MAX_GAP]
+    values = [est.tip_gap, est.opening_angle, est.max_gap]
+    if est.object_valid:
+        names += V.TOOL_STATE_OBJECT_NAMES
+        values += [est.approach_opening, est.contact_opening, est.graspable_prob]
+        values += [float(v) for v in np.asarray(est.object_center, float).reshape(3)]
+    return names, [float(v) for v in values]
 
 
 class PerceptionNode(Node):
@@ -33,7 +50,7 @@ class PerceptionNode(Node):
         self.joint_names: list[str] | None = None
         self.joint_positions: np.ndarray | None = None
         reliable = QoSProfile(depth=10)
-        self.pub_state = self.create_publisher(JointState, "/dexhier/tool_state", reliable)
+        self.pub_state = self.create_publisher(JointState, V.TOPIC_TOOL_STATE, reliable)
         self.pub_latent = self.create_publisher(Float32MultiArray, "/dexhier/tool_latent", reliable)
         self.create_subscription(JointState, "/joint_states", self._on_joints, reliable)
         self.create_subscription(PointCloud2, "/camera/points", self._on_cloud, qos_profile_sensor_data)
@@ -58,10 +75,7 @@ class PerceptionNode(Node):
         if not est.valid:
             return self._reject(est.reason)
         stamp = M.from_time(msg.header.stamp)
-        names, values = ["tip_gap", "opening_angle"], [est.tip_gap, est.opening_angle]
-        if est.object_valid:
-            names += ["max_gap", "approach_opening", "contact_opening", "graspable"]
-            values += [est.max_gap, est.approach_opening, est.contact_opening, est.graspable_prob]
+        names, values = tool_state_fields(est)
         self.pub_state.publish(M.joint_state(names, np.array(values), np.zeros(len(values)), stamp))
         self.pub_latent.publish(Float32MultiArray(data=[float(v) for v in est.latent]))
 
