@@ -143,8 +143,8 @@ def cmd_collect_expert(args: argparse.Namespace) -> int:
 
 _LOWLEVEL_FLAGS = ("checkpoint", "goal_source", "steps", "sampler", "cfg_lambda", "exec_steps",
                    "temporal_ensemble", "lookahead", "tool_noise")  # fmt: skip
-_HIERARCHY_FLAGS = ("checkpoint", "exec_steps", "temporal_ensemble", "generator", "filter", "affordance",
-                    "candidates", "selection", "subgoals", "replan_every")  # fmt: skip
+_HIERARCHY_FLAGS = ("checkpoint", "exec_steps", "temporal_ensemble", "generator", "filter", "value",
+                    "affordance", "candidates", "selection", "subgoals", "replan_every")  # fmt: skip
 _POLICY_FLAGS = {"expert": (), "lowlevel": _LOWLEVEL_FLAGS, "hierarchical": _HIERARCHY_FLAGS}
 
 
@@ -216,12 +216,14 @@ def _hierarchy_flags(group: Any, ablation: bool = False) -> None:
     if not ablation:
         group.add_argument(
             "--selection",
-            choices=("progress", "first"),
+            choices=("progress", "value", "first"),
             default=None,
-            help="progress: the classifier's argmax (default); first: no filter",
+            help="progress: the classifier's argmax (default); value: the reachability estimate; "
+            "first: no filter",
         )
-        group.add_argument("--subgoals", choices=("generated", "oracle"), default=None,
-                           help="generated (default) or the expert's frames (ablation)")  # fmt: skip
+        group.add_argument("--subgoals", choices=("generated", "oracle", "oracle_lowres"), default=None,
+                           help="generated (default); the expert's frames, full or generator "
+                           "resolution (ablations)")  # fmt: skip
 
 
 def cmd_eval_hierarchy(args: argparse.Namespace) -> int:
@@ -229,7 +231,8 @@ def cmd_eval_hierarchy(args: argparse.Namespace) -> int:
     from dexhier.hierarchy_report import VARIANTS, write_hierarchy_report
 
     base = {k: (str(v) if isinstance(v, Path) else v)
-            for k in ("checkpoint", "generator", "filter", "affordance", "candidates", "replan_every")
+            for k in ("checkpoint", "generator", "filter", "value", "affordance", "candidates",
+                      "replan_every")
             if (v := getattr(args, k, None)) is not None}  # fmt: skip
     base.setdefault("checkpoint", str(DEFAULT_LOWLEVEL))
     summaries = {}
@@ -368,10 +371,12 @@ def _train_high_level(args: argparse.Namespace, what: str) -> int:
     recipe, run, desc = {
         "subgoal": (T.SubgoalTrainConfig, T.train_subgoal, "the subgoal generator"),
         "filter": (T.ProgressTrainConfig, T.train_progress, "the subgoal filter"),
+        "value": (T.ReachabilityTrainConfig, T.train_reachability, "the reachability estimate"),
     }[what]
+    extra = {"horizon": args.horizon} if what == "value" else {}
     cfg = recipe(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                  checkpoint_every=args.checkpoint_every, camera=args.camera, image_size=args.image_size,
-                 offsets=tuple(args.offsets))  # fmt: skip
+                 offsets=tuple(args.offsets), **extra)  # fmt: skip
     _check_datasets(args.data)
     return _run_training(args, desc, f"train {what}", cfg.steps, cfg.seed,
                          lambda log, bar: run(args.data, args.out, cfg, log=log, bar=bar))  # fmt: skip
@@ -383,6 +388,10 @@ def cmd_train_subgoal(args: argparse.Namespace) -> int:
 
 def cmd_train_filter(args: argparse.Namespace) -> int:
     return _train_high_level(args, "filter")
+
+
+def cmd_train_value(args: argparse.Namespace) -> int:
+    return _train_high_level(args, "value")
 
 
 def cmd_eval_affordance(args: argparse.Namespace) -> int:
@@ -642,8 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
     eh.add_argument(
         "--variants",
         nargs="+",
-        choices=("filter", "n1", "oracle"),
-        default=["filter", "n1", "oracle"],
+        choices=("filter", "value", "n1", "oracle", "oracle_lowres"),
+        default=["filter", "value", "n1", "oracle"],
         help="which variants to run (default: all)",
     )
     eh.add_argument("--report", type=Path, default=None, help="markdown report path (default: out/eval/...)")
@@ -721,6 +730,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _high_level_train_args(tf, steps=3000, batch=128)
     tf.set_defaults(func=cmd_train_filter)
+    tv = tr_sub.add_parser(
+        "value",
+        help="the value selection: a reachability (temporal distance) estimate",
+        description="Train the HECRL-style alternative to the filter: a network that estimates how many "
+        "control steps separate the current image from a candidate subgoal (normalized by --horizon), "
+        "with reversed and other-episode pairs as unreachable (60/20/20 %%). Selection keeps reachable "
+        "candidates and prefers the one at the generator's mean offset. Resumes; torchrun-able.",
+    )
+    _high_level_train_args(tv, steps=3000, batch=128)
+    tv.add_argument("--horizon", type=_positive, default=60,
+                    help="distance normalization, control steps (default: 60)")  # fmt: skip
+    tv.set_defaults(func=cmd_train_value)
 
     ea = ev_sub.add_parser(
         "affordance",

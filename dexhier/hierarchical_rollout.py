@@ -3,7 +3,9 @@
 The twin gives what a cell measures: scene and wrist images at the low level's size, the wrist
 camera's cloud with segmentation labels, and the joint states. Nothing privileged reaches the
 controller; the oracle-subgoal ablation (``subgoals="oracle"``) swaps only the goal *image* for the
-expert's frame, the tool goal and the tool state still come from perception.
+expert's frame, the tool goal and the tool state still come from perception; ``oracle_lowres`` gives
+the expert's frame at the generator's resolution (blurred by the same down- and up-sampling), to
+separate what the generator's resolution costs from what its samples cost.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import numpy as np
 from dexhier import vocabulary as V
 from sim.twin import TwinConfig, TwinEnv
 
-SUBGOAL_SOURCES = ("generated", "oracle")
+SUBGOAL_SOURCES = ("generated", "oracle", "oracle_lowres")
 DEFAULT_GENERATOR = "checkpoints/subgoal"
 DEFAULT_FILTER = "checkpoints/subgoal_filter"
+DEFAULT_VALUE = "checkpoints/subgoal_value"
 DEFAULT_AFFORDANCE = "checkpoints/affordance"
 POINTS_CAMERA = "wrist"
 POINTS_SIZE = (160, 120)
@@ -33,6 +36,7 @@ class HierarchicalOptions:
     checkpoint: str = "checkpoints/lowlevel"
     generator: str = DEFAULT_GENERATOR
     filter: str = DEFAULT_FILTER
+    value: str = DEFAULT_VALUE
     affordance: str = DEFAULT_AFFORDANCE
     candidates: int = 4
     selection: str = "progress"
@@ -52,10 +56,12 @@ class HierarchicalOptions:
         if self.candidates < 1 or self.replan_every < 1 or self.threads < 1:
             raise ValueError("candidates, replan_every and threads must be >= 1")
         needed = [self.checkpoint, self.affordance]
+        if self.subgoals == "oracle_lowres":
+            needed.append(self.generator)  # for its resolution
         if self.subgoals == "generated":
             needed.append(self.generator)
-            if self.selection == "progress" and self.candidates > 1:
-                needed.append(self.filter)
+            if self.selection != "first" and self.candidates > 1:
+                needed.append(self.filter if self.selection == "progress" else self.value)
         for path in needed:
             if not (Path(path) / "config.json").is_file():
                 raise FileNotFoundError(f"no checkpoint at {path} (config.json missing)")
@@ -77,31 +83,27 @@ def build_controller(env: TwinEnv, options: HierarchicalOptions) -> Any:
 
     from dexhier.oracle_goals import OracleGoals
     from perception.encoder import AffordanceEncoder
-    from policies.high_level.controller import HierarchicalController, PlannerConfig, SubgoalPlanner
-    from policies.high_level.generator import SubgoalGenerator
-    from policies.high_level.progress import ProgressClassifier
+    from policies.high_level.controller import HierarchicalController, load_planner
     from policies.low_level.policy import LowLevelPolicy
 
     torch.set_num_threads(options.threads)
     lowlevel = LowLevelPolicy.load(
         options.checkpoint, exec_steps=options.exec_steps, temporal_ensemble=options.temporal_ensemble
     )
-    generator = classifier = None
-    if options.subgoals == "generated":
-        generator = SubgoalGenerator.load(options.generator)
-        if options.selection == "progress" and options.candidates > 1:
-            classifier = ProgressClassifier.load(options.filter)
-    selection = options.selection if classifier is not None else "first"
-    planner = SubgoalPlanner(
-        PlannerConfig(task=env.config.task, candidates=options.candidates, selection=selection,
-                      replan_every=options.replan_every),
-        generator,
-        classifier,
-    )  # fmt: skip
+    generated = options.subgoals == "generated"
+    selector = {"progress": options.filter, "value": options.value}.get(options.selection)
+    planner = load_planner(env.config.task, options.generator if generated else None, selector,
+                           options.candidates, options.selection, options.replan_every)  # fmt: skip
     goal_images = None
-    if options.subgoals == "oracle":
+    if options.subgoals.startswith("oracle"):
         oracle = OracleGoals(replace(env.config, time_limit=None, points=False), lowlevel.config.goal_camera)
-        goal_images = _OracleImages(oracle)
+        lowres = None
+        if options.subgoals == "oracle_lowres":
+            from dexhier.checkpoints import read_config
+            from policies.high_level.generator import CHECKPOINT_TYPE as GEN_TYPE
+
+            lowres = int(read_config(options.generator, GEN_TYPE)["config"]["generator"]["image_size"])
+        goal_images = _OracleImages(oracle, lowres)
     controller = HierarchicalController(
         planner,
         lowlevel,
@@ -115,11 +117,16 @@ def build_controller(env: TwinEnv, options: HierarchicalOptions) -> Any:
 class _OracleImages:
     """Goal images from the expert's rollout of the episode's seed (``obs -> uint8 image``)."""
 
-    def __init__(self, oracle: Any) -> None:
-        self.oracle = oracle
+    def __init__(self, oracle: Any, lowres: int | None = None) -> None:
+        self.oracle, self.lowres = oracle, lowres
 
     def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.oracle.goal(obs)[V.GOAL_RGB]
+        image = self.oracle.goal(obs)[V.GOAL_RGB]
+        if self.lowres is None:
+            return image
+        from policies.high_level.generator import images_to_model, model_to_images
+
+        return model_to_images(images_to_model(image, self.lowres), image.shape[0])[0]
 
 
 class _EpisodeAdapter:

@@ -11,15 +11,19 @@ from typing import Any
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "filter": {"subgoals": "generated", "selection": "progress"},
+    "value": {"subgoals": "generated", "selection": "value"},
     "n1": {"subgoals": "generated", "selection": "first", "candidates": 1},
     "oracle": {"subgoals": "oracle"},
+    "oracle_lowres": {"subgoals": "oracle_lowres"},
 }
 """Ablation variants: options layered over the run's base options."""
 
 DESCRIPTIONS = {
     "filter": "generated subgoals, N candidates, progress-classifier argmax",
+    "value": "generated subgoals, N candidates, reachability (value) selection",
     "n1": "generated subgoals, N = 1 (filter off)",
     "oracle": "the expert's frames as subgoal images (tool goal and state still from perception)",
+    "oracle_lowres": "the expert's frames at the generator's resolution (what the resolution costs)",
 }
 
 _COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")

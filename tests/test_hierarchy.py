@@ -101,8 +101,10 @@ def test_planner_checks_task_sizes_and_images() -> None:
     gen, clf = tiny_models()
     with pytest.raises(ValueError, match="unknown task"):
         SubgoalPlanner(PlannerConfig(task="stack_blocks"), gen, clf)
-    with pytest.raises(ValueError, match="needs a progress classifier"):
+    with pytest.raises(ValueError, match="needs a ProgressClassifier"):
         SubgoalPlanner(PlannerConfig(task="tweezer_pick"), gen, None)
+    with pytest.raises(ValueError, match="needs a ReachabilityEstimator"):
+        SubgoalPlanner(PlannerConfig(task="tweezer_pick", selection="value"), gen, clf)
     other = ProgressClassifier(
         ProgressConfig(tasks=("tweezer_pick",), image_size=32, channels=(8,), hidden=8)
     )

@@ -166,6 +166,44 @@ def test_progress_classifier_learns_direction_and_selects(tmp_path, data_dir):
         clf.scores(torch.zeros(1, 3, 32, 32), cands, torch.tensor([0]))
 
 
+def test_distance_batches_label_forward_reversed_and_foreign_pairs(data_dir):
+    from policies.high_level.reachability import MIX, distance_batch
+
+    pairs = SubgoalPairs([data_dir], "scene", 32, min_steps=2)
+    ids = [pairs.tasks.index(t) for t in pairs.task_names]
+    cur, goal, task, target, kinds = distance_batch(pairs.frames, ids, 3000, 8, np.random.default_rng(0))
+    assert np.allclose(np.bincount(kinds, minlength=3) / 3000, MIX, atol=0.03)
+    col = lambda x: (x[:, 0, 12] > 0).float().argmax(-1)  # noqa: E731
+    shift = (col(goal) - col(cur)).numpy()
+    fwd = kinds == 0
+    # Forward pairs: the label is the step offset / horizon (the square moves 1 px per step).
+    assert np.allclose(shift[fwd] / 8, target.numpy()[fwd])
+    assert (target.numpy()[kinds == 2] == 1).all() and (shift[(kinds == 1) & (target.numpy() == 1)] < 0).all()
+
+
+def test_reachability_learns_distances_selects_and_round_trips(tmp_path, data_dir):
+    from policies.high_level.reachability import ReachabilityConfig, ReachabilityEstimator
+    from policies.high_level.training import ReachabilityTrainConfig, train_reachability
+
+    with pytest.raises(ValueError):
+        ReachabilityConfig(tasks=("a",), target=0.7, reach=0.6)
+    cfg = ReachabilityTrainConfig(steps=200, batch_size=64, checkpoint_every=200, image_size=16,
+                                  offsets=(2, 4), horizon=8, lr=3e-3, warmup=10, val_episodes=0.34)  # fmt: skip
+    metrics = train_reachability([data_dir], tmp_path / "rv", cfg, log=lambda m: None)
+    assert metrics["step"] == 200
+    assert metrics["val_distance_mae_steps"] < 2.0 and metrics["val_unreachable_recall"] > 0.7, metrics
+    est = ReachabilityEstimator.load(tmp_path / "rv")
+    assert est.config.target == pytest.approx(3 / 8)
+    cur = images_to_model(_moving_square(5), 16)
+    # The past is unreachable, the present makes no progress, 3 px ahead is the target distance.
+    cands = images_to_model(np.stack([_moving_square(1), _moving_square(5), _moving_square(8)]), 16)[None]
+    d = est.distances(cur, cands, torch.tensor([0]))[0]
+    assert d[0] > d[2] > d[1], d
+    assert int(est.select(cur, cands, torch.tensor([0]))[0]) == 2
+    with pytest.raises(CheckpointError):
+        ReachabilityEstimator.load(tmp_path / "missing")
+
+
 def test_bench_subgoal_reports_latency_keys(tmp_path):
     from policies.high_level.bench import bench_subgoal
 

@@ -26,10 +26,12 @@ from dexhier import vocabulary as V
 from perception.encoder import AffordanceEncoder, AffordanceEstimate
 from policies.high_level.generator import SubgoalGenerator, images_to_model, model_to_images
 from policies.high_level.progress import ProgressClassifier
+from policies.high_level.reachability import ReachabilityEstimator
 from policies.high_level.stages import StageConfig, StageTracker
 
-SELECTIONS = ("progress", "first")
-"""How a subgoal is chosen among the candidates: the progress classifier's argmax, or the first one
+SELECTIONS = ("progress", "value", "first")
+"""How a subgoal is chosen among the candidates: the progress classifier's argmax (GHIL-Glue), the
+reachability estimate's rule (HECRL-style value selection, ``reachability.py``), or the first one
 (with ``candidates=1`` this is the generator alone, the 'filter off' ablation)."""
 
 
@@ -67,6 +69,7 @@ class Subgoal:
     """Control step at which the image was chosen."""
     candidates: np.ndarray | None = None
     scores: np.ndarray | None = None
+    """Per candidate: progress logits (``progress``) or normalized distances (``value``)."""
 
 
 class SubgoalPlanner:
@@ -80,24 +83,25 @@ class SubgoalPlanner:
         self,
         config: PlannerConfig,
         generator: SubgoalGenerator | None,
-        classifier: ProgressClassifier | None = None,
+        selector: ProgressClassifier | ReachabilityEstimator | None = None,
     ) -> None:
-        self.config, self.generator, self.classifier = config, generator, classifier
+        self.config, self.generator, self.selector = config, generator, selector
         self.tracker = StageTracker(config.stages)
         if generator is not None:
             self._task = generator.task_ids([config.task])
             self.size = generator.config.image_size
-        if config.selection == "progress" and generator is not None:
-            if classifier is None:
-                raise ValueError("selection 'progress' needs a progress classifier")
-            if config.task not in classifier.config.tasks:
+        if config.selection != "first" and generator is not None:
+            kind = {"progress": ProgressClassifier, "value": ReachabilityEstimator}[config.selection]
+            if not isinstance(selector, kind):
+                raise ValueError(f"selection {config.selection!r} needs a {kind.__name__}")
+            if config.task not in selector.config.tasks:
                 raise ValueError(
-                    f"unknown task {config.task!r}; the classifier knows {list(classifier.config.tasks)}"
+                    f"unknown task {config.task!r}; the selector knows {list(selector.config.tasks)}"
                 )
-            if classifier.config.image_size != self.size:
-                raise ValueError(f"the classifier's images are {classifier.config.image_size} px, "
+            if selector.config.image_size != self.size:
+                raise ValueError(f"the selector's images are {selector.config.image_size} px, "
                                  f"the generator's {self.size}")  # fmt: skip
-            self._clf_task = torch.tensor([classifier.config.tasks.index(config.task)])
+            self._sel_task = torch.tensor([selector.config.tasks.index(config.task)])
         self.reset(config.seed)
 
     def reset(self, seed: int = 0) -> None:
@@ -138,10 +142,43 @@ class SubgoalPlanner:
         cands = self.generator.sample(x, self._task, candidates=cfg.candidates, gen=self._gen)  # (1, N, ...)
         scores, best = None, 0
         if cfg.selection == "progress" and cfg.candidates > 1:
-            s = self.classifier.scores(x, cands, self._clf_task)[0]
-            scores, best = s.numpy(), int(s.argmax())
+            s = self.selector.scores(x, cands, self._sel_task)
+            scores, best = s[0].numpy(), int(s[0].argmax())
+        elif cfg.selection == "value" and cfg.candidates > 1:
+            d = self.selector.distances(x, cands, self._sel_task)
+            scores, best = d[0].numpy(), int(self.selector.pick(d)[0])
         images = model_to_images(cands[0])
         return images, scores, images[best]
+
+
+def load_planner(
+    task: str,
+    generator: str | None,
+    selector: str | None,
+    candidates: int = 4,
+    selection: str = "progress",
+    replan_every: int = 10,
+    steps: int | None = None,
+) -> SubgoalPlanner:
+    """The planner from checkpoint directories (what the rollout and the ROS node both build).
+
+    ``selector`` is the progress classifier (``selection="progress"``) or the reachability
+    estimate (``"value"``); it is loaded only when it has something to choose (N > 1), else the
+    selection is ``first``. ``generator=None`` gives a planner that tracks stages only.
+    """
+    gen = SubgoalGenerator.load(generator, steps=steps) if generator else None
+    sel = None
+    if gen is not None and selection != "first" and candidates > 1:
+        if not selector:
+            raise ValueError(f"selection {selection!r} needs a selector checkpoint")
+        sel = (
+            ProgressClassifier.load(selector)
+            if selection == "progress"
+            else ReachabilityEstimator.load(selector)
+        )
+    config = PlannerConfig(task=task, candidates=candidates, selection=selection if sel else "first",
+                           replan_every=replan_every)  # fmt: skip
+    return SubgoalPlanner(config, gen, sel)
 
 
 class HierarchicalController:

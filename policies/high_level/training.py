@@ -244,8 +244,6 @@ class ProgressTrainer:
     """One training run of the progress classifier into ``out``."""
 
     def __init__(self, data: Sequence[str | Path], out: str | Path, cfg: ProgressTrainConfig) -> None:
-        from policies.high_level.progress import ProgressClassifier, ProgressConfig
-
         self.cfg, self.out = cfg, Path(out)
         self.rank, self.world = dist_info()
         pairs = SubgoalPairs(data, cfg.camera, cfg.image_size, min_steps=2)
@@ -253,17 +251,16 @@ class ProgressTrainer:
         self.n_val = int(round(cfg.val_episodes * len(pairs)))
         self.train_set = pairs.subset(sorted(order[self.n_val :]))
         self.val_set = pairs.subset(sorted(order[: self.n_val])) if self.n_val else self.train_set
-        self.pcfg = ProgressConfig(tasks=pairs.tasks, image_size=cfg.image_size)
-        self.train_ids = [self.pcfg.tasks.index(t) for t in self.train_set.task_names]
-        self.val_ids = [self.pcfg.tasks.index(t) for t in self.val_set.task_names]
         torch.manual_seed(cfg.seed)
-        self.model = ProgressClassifier(self.pcfg)
+        self.model, self.tasks = self._make_model(pairs.tasks)
+        self.train_ids = [self.tasks.index(t) for t in self.train_set.task_names]
+        self.val_ids = [self.tasks.index(t) for t in self.val_set.task_names]
         self.opt = torch.optim.AdamW(self.model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.step = 0
         state = load_train_state(self.out)
         if state is not None:
             tensors, meta = state
-            if meta.get("recipe") != cfg.recipe_key() or meta.get("tasks") != list(self.pcfg.tasks):
+            if meta.get("recipe") != cfg.recipe_key() or meta.get("tasks") != list(self.tasks):
                 raise ValueError(
                     f"{self.out} holds training state of another recipe or data; use a new --out"
                 )
@@ -271,6 +268,12 @@ class ProgressTrainer:
             optimizer_from_tensors(self.opt, tensors, meta["optimizer"])
             self.step = int(meta["step"])
         self.rng = np.random.default_rng([cfg.seed, self.rank, self.step])
+
+    def _make_model(self, tasks: tuple[str, ...]) -> tuple[Any, tuple[str, ...]]:
+        from policies.high_level.progress import ProgressClassifier, ProgressConfig
+
+        self.pcfg = ProgressConfig(tasks=tasks, image_size=self.cfg.image_size)
+        return ProgressClassifier(self.pcfg), self.pcfg.tasks
 
     def _batch(self, data: SubgoalPairs, ids: list[int], n: int, rng: np.random.Generator) -> tuple:
         from policies.high_level.progress import progress_batch
@@ -283,7 +286,10 @@ class ProgressTrainer:
         cfg = self.cfg
         self.model.net.train()
         cur, cand, task, label, _ = self._batch(self.train_set, self.train_ids, cfg.batch_size, self.rng)
-        loss = bce(self.model.net(cur, cand, task), label)
+        return self._optimize(bce(self.model.net(cur, cand, task), label))
+
+    def _optimize(self, loss: torch.Tensor) -> float:
+        cfg = self.cfg
         for g in self.opt.param_groups:
             g["lr"] = warmup_cosine(self.step, cfg.steps, cfg.warmup, cfg.lr)
         self.opt.zero_grad(set_to_none=True)
@@ -315,7 +321,7 @@ class ProgressTrainer:
         opt_t, opt_meta = optimizer_to_tensors(self.opt)
         tensors = {**{f"net.{k}": v for k, v in self.model.net.state_dict().items()}, **opt_t}
         meta = {"step": self.step, "optimizer": opt_meta, "recipe": self.cfg.recipe_key(),
-                "tasks": list(self.pcfg.tasks), "world_size": self.world}  # fmt: skip
+                "tasks": list(self.tasks), "world_size": self.world}  # fmt: skip
         save_train_state(self.out, tensors, meta)
 
 
@@ -327,8 +333,78 @@ def train_progress(
     bar: Any = None,
 ) -> dict[str, Any]:
     """Train (or resume) the progress classifier into ``out``; returns the final metrics."""
-    trainer = ProgressTrainer(data, out, cfg)
+    return _fit_pairs(
+        ProgressTrainer(data, out, cfg), log, bar, lambda m: f", val accuracy {m['val_acc']:.3f}"
+    )
+
+
+def _fit_pairs(trainer: ProgressTrainer, log: Callable[[str], None], bar: Any, describe: Callable) -> dict:
     log(f"data: {len(trainer.train_set)} training episodes, {trainer.n_val} validation; "
-        f"tasks {list(trainer.pcfg.tasks)}; world size {trainer.world}")  # fmt: skip
-    describe = lambda m: f", val accuracy {m['val_acc']:.3f}"  # noqa: E731
-    return fit(trainer, cfg.steps, cfg.checkpoint_every, log, bar, describe)
+        f"tasks {list(trainer.tasks)}; world size {trainer.world}")  # fmt: skip
+    return fit(trainer, trainer.cfg.steps, trainer.cfg.checkpoint_every, log, bar, describe)
+
+
+# --- the value (reachability) selection --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReachabilityTrainConfig(ProgressTrainConfig):
+    """The reachability estimator's recipe: the classifier's, with the distance horizon."""
+
+    horizon: int = 60
+
+
+class ReachabilityTrainer(ProgressTrainer):
+    """Regresses normalized temporal distances (``policies.high_level.reachability``)."""
+
+    cfg: ReachabilityTrainConfig
+
+    def _make_model(self, tasks: tuple[str, ...]) -> tuple[Any, tuple[str, ...]]:
+        from policies.high_level.reachability import ReachabilityConfig, ReachabilityEstimator
+
+        rcfg = ReachabilityConfig(tasks=tasks, image_size=self.cfg.image_size, horizon=self.cfg.horizon,
+                                  target=float(np.mean(self.cfg.offsets)) / self.cfg.horizon)  # fmt: skip
+        return ReachabilityEstimator(rcfg), rcfg.tasks
+
+    def _batch(self, data: SubgoalPairs, ids: list[int], n: int, rng: np.random.Generator) -> tuple:
+        from policies.high_level.reachability import distance_batch
+
+        return distance_batch(data.frames, ids, n, self.cfg.horizon, rng)
+
+    def train_step(self) -> float:
+        from policies.high_level.reachability import distance_loss
+
+        cur, goal, task, target, _ = self._batch(
+            self.train_set, self.train_ids, self.cfg.batch_size, self.rng
+        )
+        self.model.net.train()
+        return self._optimize(distance_loss(self.model.forward(cur, goal, task), target))
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean absolute distance error on forward pairs (in steps) and the share of reversed and
+        foreign pairs judged unreachable."""
+        cur, goal, task, target, kinds = self._batch(
+            self.val_set, self.val_ids, 1024, np.random.default_rng(12345)
+        )
+        self.model.net.eval()
+        d = self.model.forward(cur, goal, task)
+        fwd, back = kinds == 0, kinds != 0
+        reach = self.model.config.reach
+        return {
+            "val_distance_mae_steps": float((d - target).abs()[fwd].mean()) * self.cfg.horizon,
+            "val_unreachable_recall": float((d[back] > reach).float().mean()) if back.any() else float("nan"),
+            "val_forward_reachable": float((d[fwd & (target.numpy() < reach)] <= reach).float().mean()),
+        }
+
+
+def train_reachability(
+    data: Sequence[str | Path],
+    out: str | Path,
+    cfg: ReachabilityTrainConfig,
+    log: Callable[[str], None] = print,
+    bar: Any = None,
+) -> dict[str, Any]:
+    """Train (or resume) the reachability estimator into ``out``; returns the final metrics."""
+    describe = lambda m: f", val distance MAE {m['val_distance_mae_steps']:.1f} steps"  # noqa: E731
+    return _fit_pairs(ReachabilityTrainer(data, out, cfg), log, bar, describe)

@@ -1,7 +1,8 @@
 """The learned high level as a ROS node (``highlevel``): scene image + tool state -> the low level's goal.
 
 A thin adapter over :class:`policies.high_level.controller.SubgoalPlanner` (subgoal generator
-``generator`` + progress classifier ``filter``, checkpoint directories), replacing the
+``generator`` + the selector ``filter``: the progress classifier, or the reachability estimate with
+``selection:=value``; checkpoint directories), replacing the
 ``oracle_goals`` stand-in. Inputs:
 
 * the scene camera's colour image (``/camera/color/image_raw``, the generator's camera;
@@ -60,6 +61,7 @@ from dexhier import vocabulary as V
 from dexhier_ros import messages as M
 from dexhier_ros.runtime import parameter, run_node
 from perception.encoder import AffordanceEstimate
+from policies.high_level.controller import load_planner
 
 TIP_GAP = V.TOOL_STATE_NAMES[0]  # "tip_gap" on /dexhier/tool_state and /dexhier/tool_goal
 FRAMES = {"scene": V.FRAME_SCENE_CAMERA, "wrist": V.FRAME_WRIST_CAMERA}
@@ -112,26 +114,6 @@ class _Stamped:
     seq: int  # arrival number (images), so that a tick knows whether it has seen it
 
 
-def load_planner(generator: str, filter_dir: str, task: str, candidates: int, selection: str,
-                 replan_every: int, steps: int = 0) -> Any:  # fmt: skip
-    """The planner from checkpoint directories, as the in-process rollout builds it.
-
-    The progress classifier is loaded only when it selects (``selection`` progress with more than one
-    candidate); ``steps`` > 0 overrides the generator's denoising steps.
-    """
-    from policies.high_level.controller import PlannerConfig, SubgoalPlanner
-    from policies.high_level.generator import SubgoalGenerator
-    from policies.high_level.progress import ProgressClassifier
-
-    gen = SubgoalGenerator.load(generator, steps=steps or None)
-    classifier = None
-    if selection == "progress" and candidates > 1:
-        classifier = ProgressClassifier.load(filter_dir)
-    config = PlannerConfig(task=task, candidates=candidates, selection=selection if classifier else "first",
-                           replan_every=replan_every)  # fmt: skip
-    return SubgoalPlanner(config, gen, classifier)
-
-
 class HighLevelNode(Node):
     def __init__(self) -> None:
         super().__init__("highlevel")
@@ -152,7 +134,8 @@ class HighLevelNode(Node):
         if steps < 0 or threads < 1:
             raise ValueError("steps must be >= 0, threads >= 1")
         torch.set_num_threads(threads)
-        self.planner = load_planner(generator, filter_dir, task, candidates, selection, replan_every, steps)
+        self.planner = load_planner(task, generator, filter_dir, candidates, selection, replan_every,
+                                    steps or None)  # fmt: skip
         gen_cfg = self.planner.generator.config
         self.camera = gen_cfg.camera
         self.image_topic = V.camera_topic(self.camera)
@@ -182,7 +165,7 @@ class HighLevelNode(Node):
         cfg = self.planner.config
         self.get_logger().info(
             f"high level from {generator} ({gen_cfg.image_size} px, {gen_cfg.steps} steps) and "
-            f"{filter_dir if self.planner.classifier is not None else 'no filter'}: task {cfg.task}, "
+            f"{filter_dir if self.planner.selector is not None else 'no filter'}: task {cfg.task}, "
             f"{cfg.candidates} candidates, selection {cfg.selection}, replan every {cfg.replan_every} "
             f"images, from {self.image_topic} at up to {rate:g} Hz; goals {self.image_size} px"
         )
