@@ -187,8 +187,10 @@ def test_reachability_learns_distances_selects_and_round_trips(tmp_path, data_di
 
     with pytest.raises(ValueError):
         ReachabilityConfig(tasks=("a",), target=0.7, reach=0.6)
-    cfg = ReachabilityTrainConfig(steps=200, batch_size=64, checkpoint_every=200, image_size=16,
-                                  offsets=(2, 4), horizon=8, lr=3e-3, warmup=10, val_episodes=0.34)  # fmt: skip
+    cfg = ReachabilityTrainConfig(
+        steps=200, batch_size=64, checkpoint_every=200, image_size=16, offsets=(2, 4), horizon=8, lr=3e-3,
+        warmup=10, val_episodes=0.34,
+    )  # fmt: skip
     metrics = train_reachability([data_dir], tmp_path / "rv", cfg, log=lambda m: None)
     assert metrics["step"] == 200
     assert metrics["val_distance_mae_steps"] < 2.0 and metrics["val_unreachable_recall"] > 0.7, metrics
