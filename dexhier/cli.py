@@ -351,9 +351,10 @@ def cmd_train_lowlevel(args: argparse.Namespace) -> int:
     policy = PolicyConfig(
         diffusion=args.diffusion, steps=3 if args.diffusion == "edm" else 100, obs_horizon=args.obs_horizon
     )
+    init = str(args.init_from) if args.init_from else None
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, policy=policy,
                       checkpoint_every=args.checkpoint_every, balance_datasets=args.balance_datasets,
-                      shift=args.image_shift)  # fmt: skip
+                      shift=args.image_shift, goal_lowres=args.goal_lowres, init_from=init)  # fmt: skip
     _check_datasets(args.data)
     what = f"the low-level policy ({cfg.policy.diffusion})"
     return _run_training(args, what, f"train lowlevel {cfg.policy.diffusion}", cfg.steps, cfg.seed,
@@ -705,6 +706,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="proprio history length, steps (default: %(default)s)")  # fmt: skip
     tl.add_argument("--image-shift", type=int, default=1,
                     help="random-shift augmentation, pixels (default: %(default)s)")  # fmt: skip
+    tl.add_argument("--goal-lowres", type=int, default=0,
+                    help="down- and up-sample half the goal images to this side, px, as the subgoal "
+                    "generator's samples (32 for the shipped generator; default: 0 = off)")  # fmt: skip
+    tl.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start from this low-level checkpoint's weights and normalization (fine-tuning)",
+    )
     tl.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     tl.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     add_json(tl)
