@@ -122,7 +122,8 @@ class HighLevelNode(Node):
         task = parameter(self, "task", "tweezer_pick")
         candidates = parameter(self, "candidates", 4)
         selection = parameter(self, "selection", "progress")
-        replan_every = parameter(self, "replan_every", 10)  # planner steps (scene images)
+        # Planner steps are scene images (10 Hz in the twin): 5 = the in-process 10 control steps.
+        replan_every = parameter(self, "replan_every", 5)
         rate = parameter(self, "rate_hz", 20.0)  # the control rate
         self.image_size = parameter(self, "image_size", 64)  # px, the low level's goal images
         self.image_timeout = parameter(self, "image_timeout", 0.5)  # s, scene image age by its stamp
