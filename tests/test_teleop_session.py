@@ -240,9 +240,11 @@ def test_sigkill_mid_episode_loses_no_saved_episode_and_recording_resumes(tmp_pa
     proc = subprocess.Popen(_teleop_cmd(out, stream), env=env, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # one episode saved and the next one flushed its first chunk
-            journals = list((out / "episodes").glob(".inflight-*/chunk_000001.npz")) if out.exists() else []
-            if journals and (out / "episodes" / "episode_000000").exists():
+        # One episode saved and the next one flushed a chunk. The journal must be episode 1's: episode
+        # 0's lingers for a moment after its commit (recovery handles that case; it is not this test).
+        second = out / "episodes" / ".inflight-episode_000001" / "chunk_000001.npz"
+        while time.monotonic() < deadline:
+            if second.exists() and (out / "episodes" / "episode_000000").exists():
                 break
             time.sleep(0.05)
         else:
