@@ -88,7 +88,15 @@ class TrainConfig:
         """What must match to resume: everything but the step budget and checkpoint period."""
         doc = asdict(self)
         doc.pop("steps"), doc.pop("checkpoint_every")
+        # Fields added after training states were first written count only when used, so that
+        # runs started before them still resume.
+        for key, default in _LATER_FIELDS.items():
+            if doc.get(key) == default:
+                doc.pop(key)
         return json.dumps(doc, sort_keys=True, default=str)
+
+
+_LATER_FIELDS = {"goal_lowres": 0, "goal_lowres_p": 0.5, "init_from": None}
 
 
 class Trainer:
