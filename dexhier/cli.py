@@ -148,6 +148,12 @@ _HIERARCHY_FLAGS = ("checkpoint", "exec_steps", "temporal_ensemble", "generator"
 _POLICY_FLAGS = {"expert": (), "lowlevel": _LOWLEVEL_FLAGS, "hierarchical": _HIERARCHY_FLAGS}
 
 
+def _default_lowlevel(policy: str) -> Path:
+    from dexhier.hierarchical_rollout import DEFAULT_LOWLEVEL as HIERARCHY_LOWLEVEL
+
+    return Path(HIERARCHY_LOWLEVEL) if policy == "hierarchical" else DEFAULT_LOWLEVEL
+
+
 def _policy_options(args: argparse.Namespace) -> dict[str, Any]:
     """The policy's options from the eval flags (only flags the user gave); a flag of another
     policy is an error rather than silently ignored."""
@@ -160,7 +166,7 @@ def _policy_options(args: argparse.Namespace) -> dict[str, Any]:
         users = [p for p, flags in _POLICY_FLAGS.items() if foreign[0] in flags]
         raise ValueError(f"--{foreign[0].replace('_', '-')} applies to --policy {' / '.join(users)} only")
     if "checkpoint" in mine:
-        given.setdefault("checkpoint", str(DEFAULT_LOWLEVEL))
+        given.setdefault("checkpoint", str(_default_lowlevel(args.policy)))
     return given
 
 
@@ -234,7 +240,7 @@ def cmd_eval_hierarchy(args: argparse.Namespace) -> int:
             for k in ("checkpoint", "generator", "filter", "value", "affordance", "candidates",
                       "replan_every")
             if (v := getattr(args, k, None)) is not None}  # fmt: skip
-    base.setdefault("checkpoint", str(DEFAULT_LOWLEVEL))
+    base.setdefault("checkpoint", str(_default_lowlevel("hierarchical")))
     summaries = {}
     for name in args.variants:
         options = {**base, **VARIANTS[name]}
@@ -657,7 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="which variants to run (default: all)",
     )
     eh.add_argument("--report", type=Path, default=None, help="markdown report path (default: out/eval/...)")
-    eh.add_argument("--checkpoint", type=Path, default=None, help=f"low level (default: {DEFAULT_LOWLEVEL})")
+    eh.add_argument("--checkpoint", type=Path, default=None,
+                    help="low level (default: checkpoints/lowlevel_pick)")  # fmt: skip
     _hierarchy_flags(eh, ablation=True)
     add_json(eh)
     eh.set_defaults(func=cmd_eval_hierarchy)

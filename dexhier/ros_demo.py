@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dexhier.evaluation import EvalRequest, format_table, summarize, write_report
+from dexhier.hierarchical_rollout import DEFAULT_LOWLEVEL as HIERARCHY_LOWLEVEL
 from sim.rollout import EpisodeResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,9 +30,10 @@ POLICY_NODES = {
     "expert": "the privileged expert (expert_policy), standing in until the learned layers land",
     "lowlevel": "the learned low-level policy (lowlevel_policy, checkpoints/lowlevel) with goals from "
     "oracle_goals, a stand-in for the high level that replays the expert's rollout of each seed",
-    "hierarchical": "the learned hierarchy: the low-level policy (lowlevel_policy, checkpoints/lowlevel) "
-    "with goals from the learned high level (highlevel: subgoal generator checkpoints/subgoal, progress "
-    "filter checkpoints/subgoal_filter, grasp stage from perception's tool state)",
+    "hierarchical": "the learned hierarchy: the low-level policy (lowlevel_policy, "
+    "checkpoints/lowlevel_pick) with goals from the learned high level (highlevel: subgoal generator "
+    "checkpoints/subgoal, progress filter checkpoints/subgoal_filter, grasp stage from perception's "
+    "tool state)",
 }
 """What runs as the policy for each value of the launch argument ``policy``."""
 
@@ -75,6 +77,8 @@ def run_demo(
         "real_time_factor": str(real_time_factor), "results_path": str(results_path),
         "video_dir": str(out / "videos"), "video_episodes": str(videos), "policy": policy,
     }  # fmt: skip
+    if policy == "hierarchical":
+        args["lowlevel_checkpoint"] = str(ROOT / HIERARCHY_LOWLEVEL)
     domain = os.environ["ROS_DOMAIN_ID"]
     profile = Path(os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]).name
     print(f"launching {SIM_LAUNCH.relative_to(ROOT)} (ROS_DOMAIN_ID={domain}, discovery on loopback only, "
@@ -94,7 +98,9 @@ def run_demo(
     ckpt = ROOT / "checkpoints"
     options = {}
     if policy in ("lowlevel", "hierarchical"):
-        options["checkpoint"] = str(ckpt / "lowlevel")
+        options["checkpoint"] = (
+            str(ckpt / "lowlevel") if policy == "lowlevel" else str(ROOT / HIERARCHY_LOWLEVEL)
+        )
     if policy == "hierarchical":  # absolute paths: the options are checked wherever the demo runs
         options.update(generator=str(ckpt / "subgoal"), filter=str(ckpt / "subgoal_filter"),
                        affordance=str(ckpt / "affordance"))  # fmt: skip

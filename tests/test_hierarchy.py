@@ -212,7 +212,7 @@ def test_controller_holds_until_perception_is_valid_then_uses_perceived_state_an
 
 # ----------------------------------------------------------------------------- rollout
 SHIPPED = all((ROOT / p / "config.json").is_file() for p in
-              ("checkpoints/lowlevel", "checkpoints/subgoal", "checkpoints/subgoal_filter"))  # fmt: skip
+              ("checkpoints/lowlevel_pick", "checkpoints/subgoal", "checkpoints/subgoal_filter"))  # fmt: skip
 
 
 @pytest.mark.sim
@@ -223,7 +223,7 @@ def test_hierarchy_runs_in_the_twin_within_limits_and_records_the_subgoal_inset(
     from sim.twin import TwinEnv
     from sim.video import VideoWriter
 
-    opts = HierarchicalOptions(checkpoint=str(ROOT / "checkpoints/lowlevel"),
+    opts = HierarchicalOptions(checkpoint=str(ROOT / "checkpoints/lowlevel_pick"),
                                generator=str(ROOT / "checkpoints/subgoal"),
                                filter=str(ROOT / "checkpoints/subgoal_filter"),
                                affordance=str(ROOT / "checkpoints/affordance"))  # fmt: skip
