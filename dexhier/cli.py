@@ -449,13 +449,20 @@ def cmd_bench_lowlevel(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_subgoal(args: argparse.Namespace) -> int:
+    from dexhier import hierarchical_rollout as H
     from policies.high_level.bench import bench_subgoal
 
+    if args.untrained:
+        args.checkpoint = args.filter = None
+    else:  # the shipped checkpoints unless others are given
+        args.checkpoint = args.checkpoint or Path(H.DEFAULT_GENERATOR)
+        args.filter = args.filter or Path(H.DEFAULT_FILTER)
     for ckpt in (args.checkpoint, args.filter):
         if ckpt is not None and not (ckpt / "config.json").is_file():
-            raise FileNotFoundError(f"no checkpoint at {ckpt} (config.json missing)")
+            raise FileNotFoundError(f"no checkpoint at {ckpt} (config.json missing; --untrained times the "
+                                    "default architectures with random weights)")  # fmt: skip
     if args.checkpoint is None:
-        print("bench subgoal: no --checkpoint: the default architectures with random weights "
+        print("bench subgoal: --untrained: the default architectures with random weights "
               "(latency does not depend on the weights)", file=sys.stderr)  # fmt: skip
     result = bench_subgoal(args.checkpoint, args.filter, args.candidates, args.steps, args.repeats)
     _print_figures(result, 24, 2)
@@ -829,10 +836,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="high level: latency of generating N subgoals and selecting one",
         description="Latency of one high-level decision on one CPU thread: N candidate subgoals from the "
         "generator (one batched pass per denoising step) plus the progress classifier's selection; "
-        "p50_ms / p99_ms. Without checkpoints, the default architectures with random weights.",
+        "p50_ms / p99_ms. The shipped checkpoints by default; --untrained times the default architectures "
+        "with random weights.",
     )
-    bs.add_argument("--checkpoint", type=Path, help="subgoal generator checkpoint (default: untrained)")
-    bs.add_argument("--filter", type=Path, help="progress classifier checkpoint (default: untrained)")
+    bs.add_argument(
+        "--checkpoint", type=Path, help="subgoal generator checkpoint (default: checkpoints/subgoal)"
+    )
+    bs.add_argument("--filter", type=Path,
+                    help="progress classifier checkpoint (default: checkpoints/subgoal_filter)")  # fmt: skip
+    bs.add_argument(
+        "--untrained", action="store_true", help="time the default architectures with random weights instead"
+    )
     bs.add_argument("--candidates", type=_positive, default=4, help="N (default: 4)")
     bs.add_argument("--steps", type=_positive, help="denoising steps (default: the generator's)")
     bs.add_argument("--repeats", type=_positive, default=20, help="timed decisions (default: 20)")
