@@ -489,6 +489,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.direct:
         if args.policy == "lowlevel":  # no nodes in-process: the same policy and oracle, as library objects
             policy = "the learned low-level policy (checkpoints/lowlevel) with oracle goals from the expert"
+        if args.policy == "hierarchical":
+            policy = ("the learned hierarchy (perception, subgoal generator + progress filter, "
+                      "checkpoints/lowlevel_pick) as library objects")  # fmt: skip
         print(f"dexhier demo: {policy} solves '{args.task}' in the MuJoCo twin, in-process "
               f"({args.episodes} seeded episodes, {args.workers} workers)")  # fmt: skip
         ns = argparse.Namespace(
@@ -877,10 +880,10 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument(
         "--policy",
         choices=("expert", "lowlevel", "hierarchical"),
-        default="expert",
+        default="hierarchical",
         help="expert: the privileged expert; lowlevel: the learned low-level policy with oracle goals "
         "standing in for the high level; hierarchical: the learned hierarchy (perception, subgoal "
-        "generator + filter, low level) (default: %(default)s)",
+        "generator + filter, low level; what make demo runs) (default: %(default)s)",
     )
     de.add_argument("--episodes", type=_positive, default=5, help="number of episodes (default: 5)")
     de.add_argument("--seed", type=int, default=0, help="seed of episode 0 (default: 0)")

@@ -3,10 +3,10 @@
 Launches ``launch/sim.launch.xml`` with our launch runner (the file is the one ``ros2 launch``
 runs on a cell), lets the episode coordinator run N seeded episodes, then prints per-episode
 results and the summary by object width, and writes a markdown report beside the videos.
-The policy node is the launch argument ``policy``: ``expert`` (the privileged expert, the default
-until the learned layers are complete) or ``lowlevel`` (the learned low-level policy, with the
-``oracle_goals`` node standing in for the high level) or ``hierarchical`` (the low-level policy with
-the learned ``highlevel`` node giving its goals); the report names the one that ran.
+The policy node is the launch argument ``policy``: ``hierarchical`` (the default of ``make demo``:
+the low-level policy with the learned ``highlevel`` node giving its goals), ``expert`` (the privileged
+expert) or ``lowlevel`` (the learned low-level policy, with the ``oracle_goals`` node standing in for
+the high level); the report names the one that ran.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ SIM_LAUNCH = ROOT / "launch" / "sim.launch.xml"
 DDS_PROFILE = ROOT / "launch" / "fastdds_local.xml"
 
 POLICY_NODES = {
-    "expert": "the privileged expert (expert_policy), standing in until the learned layers land",
+    "expert": "the privileged expert (expert_policy): privileged state, not a learned policy",
     "lowlevel": "the learned low-level policy (lowlevel_policy, checkpoints/lowlevel) with goals from "
     "oracle_goals, a stand-in for the high level that replays the expert's rollout of each seed",
     "hierarchical": "the learned hierarchy: the low-level policy (lowlevel_policy, "
@@ -57,7 +57,7 @@ def run_demo(
     out: Path,
     real_time_factor: float,
     videos: int,
-    policy: str = "expert",
+    policy: str = "hierarchical",
 ) -> dict[str, Any]:
     """Run the sim graph for ``episodes`` episodes with ``policy`` (a key of ``POLICY_NODES``).
 
