@@ -83,6 +83,21 @@ class ProgressNet(nn.Module):
         return self.head(h * (1 + scale) + shift).squeeze(-1)
 
 
+@torch.no_grad()
+def score_candidates(
+    net: ProgressNet, size: int, current: torch.Tensor, candidates: torch.Tensor, task: torch.Tensor
+) -> torch.Tensor:
+    """The net's outputs (B, N) for each of N candidates (B, N, 3, S, S) from ``current`` (B, 3, S, S);
+    ValueError for images of another size."""
+    b, n = candidates.shape[:2]
+    if current.shape[1:] != (3, size, size) or candidates.shape[2:] != (3, size, size):
+        raise ValueError(f"images must be (..., 3, {size}, {size}), got {tuple(current.shape)}, "
+                         f"{tuple(candidates.shape)}")  # fmt: skip
+    net.eval()
+    cur = current.repeat_interleave(n, 0)
+    return net(cur, candidates.flatten(0, 1), task.repeat_interleave(n, 0)).view(b, n)
+
+
 def progress_batch(
     frames: list[torch.Tensor],
     task_ids: list[int],
@@ -132,17 +147,9 @@ class ProgressClassifier:
         self.config = cfg
         self.net = net if net is not None else ProgressNet(cfg)
 
-    @torch.no_grad()
     def scores(self, current: torch.Tensor, candidates: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         """Logits (B, N) for ``candidates`` (B, N, 3, S, S) from ``current`` (B, 3, S, S)."""
-        b, n = candidates.shape[:2]
-        s = self.config.image_size
-        if current.shape[1:] != (3, s, s) or candidates.shape[2:] != (3, s, s):
-            raise ValueError(f"images must be (..., 3, {s}, {s}), got {tuple(current.shape)}, "
-                             f"{tuple(candidates.shape)}")  # fmt: skip
-        self.net.eval()
-        cur = current.repeat_interleave(n, 0)
-        return self.net(cur, candidates.flatten(0, 1), task.repeat_interleave(n, 0)).view(b, n)
+        return score_candidates(self.net, self.config.image_size, current, candidates, task)
 
     def select(self, current: torch.Tensor, candidates: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         """Index (B,) of the candidate with the highest progress logit."""

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from dexhier.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from policies.high_level.progress import ProgressConfig, ProgressNet
+from policies.high_level.progress import ProgressConfig, ProgressNet, score_candidates
 
 CHECKPOINT_TYPE = "dexhier.reachability"
 MIX = (0.6, 0.2, 0.2)
@@ -95,17 +95,9 @@ class ReachabilityEstimator:
         """Normalized distances (B,) in [0, 1]."""
         return torch.sigmoid(self.net(current, goal, task))
 
-    @torch.no_grad()
     def distances(self, current: torch.Tensor, candidates: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         """(B, N) distances for ``candidates`` (B, N, 3, S, S) from ``current`` (B, 3, S, S)."""
-        b, n = candidates.shape[:2]
-        s = self.config.image_size
-        if current.shape[1:] != (3, s, s) or candidates.shape[2:] != (3, s, s):
-            raise ValueError(f"images must be (..., 3, {s}, {s}), got {tuple(current.shape)}, "
-                             f"{tuple(candidates.shape)}")  # fmt: skip
-        self.net.eval()
-        cur = current.repeat_interleave(n, 0)
-        return self.forward(cur, candidates.flatten(0, 1), task.repeat_interleave(n, 0)).view(b, n)
+        return torch.sigmoid(score_candidates(self.net, self.config.image_size, current, candidates, task))
 
     def select(self, current: torch.Tensor, candidates: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         """Index (B,) per the module docstring's rule."""
