@@ -59,7 +59,7 @@ from std_msgs.msg import String
 
 from dexhier import vocabulary as V
 from dexhier_ros import messages as M
-from dexhier_ros.runtime import parameter, run_node
+from dexhier_ros.runtime import log_summary, parameter, run_node
 from perception.encoder import AffordanceEstimate
 from policies.high_level.controller import load_planner
 
@@ -302,9 +302,10 @@ class HighLevelNode(Node):
         ms = np.asarray(self.update_ms)
         p50, p90 = np.quantile(ms, [0.5, 0.9]) if len(ms) else (math.nan, math.nan)
         s = self.stats
-        self.get_logger().info(
+        log_summary(
+            self,
             f"{s['updates']} planner updates ({s['replans']} replans), {s['stale']} stale images skipped, "
-            f"{s['no_tool_goal']} without a tool goal; update p50 {p50:.1f} / p90 {p90:.1f} ms"
+            f"{s['no_tool_goal']} without a tool goal; update p50 {p50:.1f} / p90 {p90:.1f} ms",
         )
 
 

@@ -63,7 +63,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from dexhier import vocabulary as V
 from dexhier_ros import messages as M
-from dexhier_ros.runtime import parameter, run_node
+from dexhier_ros.runtime import log_summary, parameter, run_node
 from policies.low_level import ChunkBuffer, LowLevelPolicy
 
 TIP_GAP = V.TOOL_STATE_NAMES[0]  # "tip_gap" on /dexhier/tool_state and /dexhier/tool_goal
@@ -380,12 +380,13 @@ class LowLevelPolicyNode(Node):
 
     def close(self) -> None:
         s = self.summary()
-        self.get_logger().info(
+        log_summary(
+            self,
             f"{s['commands']} commands, {s['held']} ticks held (stale inputs), {s['starved']} waiting for a "
             f"chunk; command period p50 {s['period_p50_ms']:.1f} / p90 {s['period_p90_ms']:.1f} / max "
             f"{s['period_max_ms']:.1f} ms (wall, across pauses); {s['inferences']} inferences, "
             f"p50 {s['inference_p50_ms']:.1f} / p90 {s['inference_p90_ms']:.1f} ms, from observations "
-            f"p50 {s['obs_age_p50_ms']:.0f} / p90 {s['obs_age_p90_ms']:.0f} ms old"
+            f"p50 {s['obs_age_p50_ms']:.0f} / p90 {s['obs_age_p90_ms']:.0f} ms old",
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import rclpy
@@ -50,6 +51,15 @@ def run_node(
             if node is not None:
                 node.destroy_node()
             rclpy.try_shutdown()
+
+
+def log_summary(node: Node, text: str) -> None:
+    """Log a node's closing summary. On Ctrl-C rclpy has already shut the context down, and a log
+    call would also fail to reach /rosout (and say so): then the line goes to stderr alone."""
+    if node.context.ok():
+        node.get_logger().info(text)
+    else:
+        print(f"[INFO] [{node.get_name()}]: {text}", file=sys.stderr, flush=True)
 
 
 def parameter(node: Node, name: str, default):
