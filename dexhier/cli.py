@@ -211,6 +211,12 @@ def _hierarchy_flags(group: Any, ablation: bool = False) -> None:
         help=f"progress classifier checkpoint (default: {H.DEFAULT_FILTER})",
     )
     group.add_argument(
+        "--value",
+        type=Path,
+        default=None,
+        help=f"reachability estimate checkpoint, for --selection value (default: {H.DEFAULT_VALUE})",
+    )
+    group.add_argument(
         "--affordance",
         type=Path,
         default=None,
@@ -360,7 +366,7 @@ def cmd_train_lowlevel(args: argparse.Namespace) -> int:
     init = str(args.init_from) if args.init_from else None
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, policy=policy,
                       checkpoint_every=args.checkpoint_every, balance_datasets=args.balance_datasets,
-                      shift=args.image_shift, goal_lowres=args.goal_lowres, init_from=init)  # fmt: skip
+                      shift=args.image_shift, init_from=init)  # fmt: skip
     _check_datasets(args.data)
     what = f"the low-level policy ({cfg.policy.diffusion})"
     return _run_training(args, what, f"train lowlevel {cfg.policy.diffusion}", cfg.steps, cfg.seed,
@@ -656,9 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
         "hierarchy",
         help="the hierarchy and its ablations in one run",
         description="Evaluate the hierarchy (--policy hierarchical) on the same seeds in several "
-        "variants, one after the other: progress-classifier selection of N candidates, no filter "
-        "(N = 1), and the expert's frames as subgoal images (the oracle ablation; tool goal and tool "
-        "state still from perception). Prints one table, writes one markdown report with a "
+        "variants, one after the other: progress-classifier selection of N candidates (filter), "
+        "reachability selection (value), no filter (n1: N = 1), the expert's frames as subgoal images "
+        "(oracle; tool goal and tool state still from perception) and the same frames at the generator's "
+        "resolution (oracle_lowres). Prints one table, writes one markdown report with a "
         "success-by-width plot.",
     )
     eh.add_argument("--task", choices=tasks, default="tweezer_pick", help="task (default: %(default)s)")
@@ -670,7 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=("filter", "value", "n1", "oracle", "oracle_lowres"),
         default=["filter", "value", "n1", "oracle"],
-        help="which variants to run (default: all)",
+        help="which variants to run (default: filter value n1 oracle)",
     )
     eh.add_argument("--report", type=Path, default=None, help="markdown report path (default: out/eval/...)")
     eh.add_argument("--checkpoint", type=Path, default=None,
@@ -723,9 +730,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="proprio history length, steps (default: %(default)s)")  # fmt: skip
     tl.add_argument("--image-shift", type=int, default=1,
                     help="random-shift augmentation, pixels (default: %(default)s)")  # fmt: skip
-    tl.add_argument("--goal-lowres", type=int, default=0,
-                    help="down- and up-sample half the goal images to this side, px, as the subgoal "
-                    "generator's samples (32 for the shipped generator; default: 0 = off)")  # fmt: skip
     tl.add_argument(
         "--init-from",
         type=Path,

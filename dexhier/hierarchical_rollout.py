@@ -127,9 +127,9 @@ class _OracleImages:
         image = self.oracle.goal(obs)[V.GOAL_RGB]
         if self.lowres is None:
             return image
-        from policies.high_level.generator import images_to_model, model_to_images
+        from policies.high_level.generator import resize_image
 
-        return model_to_images(images_to_model(image, self.lowres), image.shape[0])[0]
+        return resize_image(resize_image(image, self.lowres), image.shape[0])
 
 
 class _EpisodeAdapter:

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dexhier import hierarchical_rollout as H
 from dexhier.evaluation import EvalRequest, format_table, summarize, write_report
-from dexhier.hierarchical_rollout import DEFAULT_LOWLEVEL as HIERARCHY_LOWLEVEL
 from sim.rollout import EpisodeResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def run_demo(
         "video_dir": str(out / "videos"), "video_episodes": str(videos), "policy": policy,
     }  # fmt: skip
     if policy == "hierarchical":
-        args["lowlevel_checkpoint"] = str(ROOT / HIERARCHY_LOWLEVEL)
+        args["lowlevel_checkpoint"] = str(ROOT / H.DEFAULT_LOWLEVEL)
     domain = os.environ["ROS_DOMAIN_ID"]
     profile = Path(os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]).name
     print(f"launching {SIM_LAUNCH.relative_to(ROOT)} (ROS_DOMAIN_ID={domain}, discovery on loopback only, "
@@ -95,15 +95,13 @@ def run_demo(
                       object={"width": r["object_width"] or 0.0})
         for r in rows
     ]  # fmt: skip
-    ckpt = ROOT / "checkpoints"
     options = {}
-    if policy in ("lowlevel", "hierarchical"):
-        options["checkpoint"] = (
-            str(ckpt / "lowlevel") if policy == "lowlevel" else str(ROOT / HIERARCHY_LOWLEVEL)
-        )
+    if policy == "lowlevel":
+        options["checkpoint"] = str(ROOT / "checkpoints" / "lowlevel")
     if policy == "hierarchical":  # absolute paths: the options are checked wherever the demo runs
-        options.update(generator=str(ckpt / "subgoal"), filter=str(ckpt / "subgoal_filter"),
-                       affordance=str(ckpt / "affordance"))  # fmt: skip
+        paths = {"checkpoint": H.DEFAULT_LOWLEVEL, "generator": H.DEFAULT_GENERATOR,
+                 "filter": H.DEFAULT_FILTER, "affordance": H.DEFAULT_AFFORDANCE}  # fmt: skip
+        options = {k: str(ROOT / v) for k, v in paths.items()}
     req = EvalRequest(policy=policy, task=task, episodes=max(1, len(results)), seed=seed, options=options)
     summary = summarize(req, results)
     summary.update(launch_exit_code=code, graph_wall_s=wall, through_ros=True)

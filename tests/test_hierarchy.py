@@ -252,6 +252,10 @@ def test_eval_rollout_rejects_flags_of_another_policy() -> None:
                           "--task", "tweezer_pick", "--candidates", "2"],
                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert out.returncode != 0 and "--candidates applies to --policy hierarchical only" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "dexhier.cli", "eval", "rollout", "--policy", "lowlevel",
+                          "--task", "tweezer_pick", "--value", "v"],
+                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert out.returncode != 0 and "--value applies to --policy hierarchical only" in out.stderr
     out = subprocess.run([sys.executable, "-m", "dexhier.cli", "eval", "rollout", "--policy", "hierarchical",
                           "--task", "tweezer_pick", "--generator", "/nonexistent", "--json"],
                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip

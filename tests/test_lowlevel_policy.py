@@ -288,7 +288,7 @@ def test_train_refuses_another_recipe_in_the_same_dir(ckpt_copy, data_dir) -> No
 
 def test_fine_tuning_starts_from_the_checkpoint_weights(trained, tmp_path, data_dir) -> None:
     start = LowLevelPolicy.load(trained[0], traced=False)
-    cfg = small_train_config(1, init_from=str(trained[0]), goal_lowres=16, goal_lowres_p=1.0, lr=1e-9)
+    cfg = small_train_config(1, init_from=str(trained[0]), lr=1e-9)
     train([data_dir], tmp_path / "ft", cfg, log=lambda m: None)
     tuned = LowLevelPolicy.load(tmp_path / "ft", traced=False)
     # One step at a vanishing learning rate: the weights are the start's, not a fresh init.
@@ -301,21 +301,6 @@ def test_fine_tuning_starts_from_the_checkpoint_weights(trained, tmp_path, data_
     with pytest.raises(ValueError, match="another robot layout or network"):
         train([data_dir], tmp_path / "ft2", small_train_config(1, init_from=str(trained[0]), policy=other),
               log=lambda m: None)  # fmt: skip
-
-
-def test_goal_resolution_degradation() -> None:
-    from policies.low_level.dataset import degrade_resolution
-
-    g = torch.Generator().manual_seed(0)
-    img = torch.zeros(6, 3, 64, 64)
-    img[:, :, ::2, ::2] = 1.0  # a checkerboard: only high frequencies
-    out = degrade_resolution(img, 32, 1.0, g)
-    assert out.shape == img.shape and torch.allclose(out, torch.full_like(out, 0.25), atol=1e-6)
-    assert torch.equal(degrade_resolution(img, 32, 0.0, g), img)
-    assert torch.equal(degrade_resolution(img, 64, 1.0, g), img)  # no lower resolution: unchanged
-    half = degrade_resolution(img, 32, 0.5, torch.Generator().manual_seed(1))
-    changed = (half != img).flatten(1).any(1)
-    assert 0 < int(changed.sum()) < 6
 
 
 def test_load_rejects_other_checkpoint_types_and_versions(ckpt_copy) -> None:

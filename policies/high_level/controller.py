@@ -16,7 +16,7 @@ valid tool state; until one has been seen, or while the tool goal is unknown, it
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ import torch
 
 from dexhier import vocabulary as V
 from perception.encoder import AffordanceEncoder, AffordanceEstimate
-from policies.high_level.generator import SubgoalGenerator, images_to_model, model_to_images
+from policies.high_level.generator import SubgoalGenerator, images_to_model, model_to_images, resize_image
 from policies.high_level.progress import ProgressClassifier
 from policies.high_level.reachability import ReachabilityEstimator
 from policies.high_level.stages import StageConfig, StageTracker
@@ -107,6 +107,7 @@ class SubgoalPlanner:
     def reset(self, seed: int = 0) -> None:
         self.tracker.reset()
         self.current: Subgoal | None = None
+        self._goal_x: torch.Tensor | None = None  # the chosen subgoal as the generator sees it
         self._step = 0
         self._gen = torch.Generator().manual_seed(int(seed))
 
@@ -121,21 +122,18 @@ class SubgoalPlanner:
             cur is None
             or stage.changed
             or self._step - cur.chosen_at >= self.config.replan_every
-            or (x is not None and cur.image is not None and self._reached(x, cur.image))
+            or (
+                self._goal_x is not None and float(((x - self._goal_x) ** 2).mean()) < self.config.reached_mse
+            )
         )
         if due:
             cands, scores, image_out = (None, None, None) if x is None else self._propose(x)
             cur = Subgoal(image_out, stage.tool_goal, stage.stage, stage.retries, self._step, cands, scores)
         else:
-            cur = Subgoal(cur.image, stage.tool_goal, stage.stage, stage.retries, cur.chosen_at,
-                          cur.candidates, cur.scores)  # fmt: skip
+            cur = replace(cur, tool_goal=stage.tool_goal, stage=stage.stage, retries=stage.retries)
         self.current = cur
         self._step += 1
         return cur
-
-    def _reached(self, x: torch.Tensor, goal: np.ndarray) -> bool:
-        g = images_to_model(goal, self.size)
-        return float(((x - g) ** 2).mean()) < self.config.reached_mse
 
     def _propose(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         cfg = self.config
@@ -147,6 +145,7 @@ class SubgoalPlanner:
         elif cfg.selection == "value" and cfg.candidates > 1:
             d = self.selector.distances(x, cands, self._sel_task)
             scores, best = d[0].numpy(), int(self.selector.pick(d)[0])
+        self._goal_x = cands[0, best : best + 1]
         images = model_to_images(cands[0])
         return images, scores, images[best]
 
@@ -209,6 +208,7 @@ class HierarchicalController:
         self.last_valid: AffordanceEstimate | None = None
         self.subgoal: Subgoal | None = None
         self.goal_image: np.ndarray | None = None  # what the low level was last given
+        self._goal_source: np.ndarray | None = None  # the image it was resized from
         self.held_steps = 0
 
     def _joints(self, obs: Mapping[str, Any]) -> np.ndarray:
@@ -217,9 +217,9 @@ class HierarchicalController:
             raise ValueError(f"joint positions must be {len(self.joint_names)} finite values, got {q.shape}")
         return q
 
-    def perceive(self, obs: Mapping[str, Any]) -> AffordanceEstimate | None:
-        """The affordance estimate of this step's cloud, or None (with ``self.estimate``) if invalid."""
-        q = self._joints(obs)
+    def perceive(self, obs: Mapping[str, Any], q: np.ndarray) -> AffordanceEstimate | None:
+        """The affordance estimate of this step's cloud (``q``: the joints, for the mount pose), or
+        None (with ``self.estimate``) if invalid."""
         pose = self.kinematics.pose(self.joint_names, q)
         points = obs.get(V.OBS_POINTS)
         if points is None:
@@ -235,16 +235,16 @@ class HierarchicalController:
     def select_action(self, obs: Mapping[str, Any]) -> np.ndarray:
         """Joint targets (arm then hand, rad) for the next control step."""
         q = self._joints(obs)
-        est = self.perceive(obs)
+        est = self.perceive(obs, q)
         scene = obs[V.rgb_key(self.scene_camera)]
         self.subgoal = self.planner.update(scene, est)
         if self.last_valid is None or not np.isfinite(self.subgoal.tool_goal):
             self.held_steps += 1  # the tool state is unknown: hold rather than guess
             return q
         image = self.subgoal.image if self.goal_images is None else self.goal_images(obs)
-        if image.shape[0] != self.goal_size:
-            image = model_to_images(images_to_model(image, image.shape[0]), self.goal_size)[0]
-        self.goal_image = image
+        if image is not self._goal_source:  # resized once per chosen subgoal, not every step
+            self._goal_source, self.goal_image = image, resize_image(image, self.goal_size)
+        image = self.goal_image
         low_obs = dict(obs)
         low_obs[V.OBS_TOOL_TIP_GAP] = np.array([self.last_valid.tip_gap])
         goal = {V.GOAL_RGB: image, V.GOAL_TOOL_TIP_GAP: np.array([self.subgoal.tool_goal])}

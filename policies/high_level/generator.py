@@ -157,6 +157,14 @@ def model_to_images(x: torch.Tensor, size: int | None = None) -> np.ndarray:
     return out.reshape(*shape, *out.shape[1:]).numpy()
 
 
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (S, S, 3) RGB -> uint8 (size, size, 3): area-downsampled or bilinear-upsampled, as the
+    generator's inputs and outputs are (``images_to_model``, ``model_to_images``)."""
+    if image.shape[0] == size:
+        return image
+    return model_to_images(images_to_model(image, min(size, image.shape[0])), size)[0]
+
+
 class SubgoalGenerator:
     """The generator: a UNet, its scheduler and config. ``sample`` is pure given its generator."""
 

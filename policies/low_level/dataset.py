@@ -188,18 +188,3 @@ def augment_images(
         images = images * (1 + u(n, 1, 1, 1)) * (1 + 0.25 * u(n, 3, 1, 1))  # brightness, colour
         images = images.clamp(0.0, 1.0)
     return images
-
-
-def degrade_resolution(images: torch.Tensor, side: int, p: float, generator: torch.Generator) -> torch.Tensor:
-    """With probability ``p`` per image, area-downsample to ``side`` px and bilinear-upsample back
-    (what the high level does with its generated subgoals). ``images``: float (N, 3, S, S)."""
-    n, _, s, _ = images.shape
-    if side >= s or p <= 0:
-        return images
-    pick = torch.rand(n, generator=generator) < p
-    if not pick.any():
-        return images
-    low = F.interpolate(images[pick], size=(side, side), mode="area")
-    out = images.clone()
-    out[pick] = F.interpolate(low, size=(s, s), mode="bilinear", align_corners=False)
-    return out

@@ -29,7 +29,7 @@ from dexhier.checkpoints import (
     save_train_state,
 )
 from policies.low_level.config import PolicyConfig
-from policies.low_level.dataset import ChunkDataset, GoalSampling, augment_images, degrade_resolution
+from policies.low_level.dataset import ChunkDataset, GoalSampling, augment_images
 from policies.low_level.diffusion import make_diffusion
 from policies.low_level.policy import ACTION, GOAL_GAP, PROPRIO, LowLevelPolicy, build_net, images_to_tensor
 from policies.normalization import MinMaxNormalizer
@@ -56,13 +56,9 @@ class TrainConfig:
     4 px shifts of observation and goal images blur where the goal image puts the arm by about 5 cm
     (the first recipe, with 4 px, missed the object by that much and picked 0 of 8)."""
     jitter: float = 0.2
-    goal_lowres: int = 0
-    """Side (px) goal images are down- and up-sampled to, with probability ``goal_lowres_p``, like the
-    subgoal generator's samples at its resolution (GHIL-Glue: the low level must tolerate generated
-    subgoals). 0 = off."""
-    goal_lowres_p: float = 0.5
     init_from: str | None = None
-    """A low-level checkpoint whose (EMA) weights and normalization start this run: fine-tuning."""
+    """A low-level checkpoint whose (EMA) weights and normalization start this run: fine-tuning.
+    Not part of the recipe: once a run has a training state, that state is where it resumes from."""
     goals: GoalSampling = field(default_factory=GoalSampling)
     aux_weight: float = 0.5
     """Weight of the auxiliary localization losses (object position from the observation images, tool
@@ -79,24 +75,14 @@ class TrainConfig:
             raise ValueError("val_episodes must be in [0, 0.5)")
         if self.shift < 0 or self.jitter < 0 or self.warmup < 1:
             raise ValueError("shift and jitter must be >= 0, warmup >= 1")
-        if self.goal_lowres < 0 or not 0.0 <= self.goal_lowres_p <= 1.0:
-            raise ValueError("goal_lowres must be >= 0 px and goal_lowres_p in [0, 1]")
         if self.init_from is not None and not (Path(self.init_from) / "config.json").is_file():
             raise FileNotFoundError(f"--init-from: no low-level checkpoint at {self.init_from}")
 
     def recipe_key(self) -> str:
-        """What must match to resume: everything but the step budget and checkpoint period."""
+        """What must match to resume: everything but the step budget, checkpoint period and start."""
         doc = asdict(self)
-        doc.pop("steps"), doc.pop("checkpoint_every")
-        # Fields added after training states were first written count only when used, so that
-        # runs started before them still resume.
-        for key, default in _LATER_FIELDS.items():
-            if doc.get(key) == default:
-                doc.pop(key)
+        doc.pop("steps"), doc.pop("checkpoint_every"), doc.pop("init_from")
         return json.dumps(doc, sort_keys=True, default=str)
-
-
-_LATER_FIELDS = {"goal_lowres": 0, "goal_lowres_p": 0.5, "init_from": None}
 
 
 class Trainer:
@@ -128,9 +114,8 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                      betas=(0.9, 0.999))  # fmt: skip
         self.step = 0
-        if cfg.init_from is not None:
+        if not self._resume() and cfg.init_from is not None:
             self._init_from(cfg.init_from)
-        self._resume()
         # Dropout draws from the global generator: a different stream per rank and per resume.
         torch.manual_seed(cfg.seed * 1_000_003 + self.rank * 7919 + self.step)
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank + 7919 * self.step)
@@ -147,10 +132,11 @@ class Trainer:
         self.ema.load_state_dict(weights)
         self.normalizer = start.normalizer
 
-    def _resume(self) -> None:
+    def _resume(self) -> bool:
+        """Load the training state in ``out``, if any; True when there was one."""
         state = load_train_state(self.out)
         if state is None:
-            return
+            return False
         tensors, meta = state
         if meta.get("recipe") != self.cfg.recipe_key():
             raise ValueError(
@@ -162,6 +148,7 @@ class Trainer:
         optimizer_from_tensors(self.opt, tensors, meta["optimizer"])
         self.normalizer = MinMaxNormalizer.from_json(meta["normalizer"])
         self.step = int(meta["step"])
+        return True
 
     def policy(self) -> LowLevelPolicy:
         """The EMA weights as a policy (shares the EMA module)."""
@@ -191,8 +178,6 @@ class Trainer:
             b, c = images.shape[:2]
             images = augment_images(images.flatten(0, 1), cfg.shift, cfg.jitter, self.gen).view(images.shape)
             goal_image = augment_images(goal_image, cfg.shift, cfg.jitter, self.gen)
-            if cfg.goal_lowres:
-                goal_image = degrade_resolution(goal_image, cfg.goal_lowres, cfg.goal_lowres_p, self.gen)
         f32 = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
         return {
             "images": images,

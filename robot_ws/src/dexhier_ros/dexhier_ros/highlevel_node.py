@@ -62,6 +62,7 @@ from dexhier_ros import messages as M
 from dexhier_ros.runtime import log_summary, parameter, run_node
 from perception.encoder import AffordanceEstimate
 from policies.high_level.controller import load_planner
+from policies.high_level.generator import resize_image
 
 TIP_GAP = V.TOOL_STATE_NAMES[0]  # "tip_gap" on /dexhier/tool_state and /dexhier/tool_goal
 FRAMES = {"scene": V.FRAME_SCENE_CAMERA, "wrist": V.FRAME_WRIST_CAMERA}
@@ -286,13 +287,9 @@ class HighLevelNode(Node):
 
     def _goal_image(self, image: np.ndarray) -> np.ndarray:
         """The planner's subgoal at the low level's goal size (upsampled once per chosen subgoal)."""
-        from policies.high_level.generator import images_to_model, model_to_images
-
         if self.last_goal is not None and self.last_goal[0] is image:
             return self.last_goal[1]
-        out = image
-        if image.shape[0] != self.image_size:
-            out = model_to_images(images_to_model(image, image.shape[0]), self.image_size)[0]
+        out = resize_image(image, self.image_size)
         self.last_goal = (image, out)
         self.stats["replans"] += 1
         return out

@@ -68,8 +68,8 @@ from policies.low_level import ChunkBuffer, LowLevelPolicy
 
 TIP_GAP = V.TOOL_STATE_NAMES[0]  # "tip_gap" on /dexhier/tool_state and /dexhier/tool_goal
 JOINTS, TOOL, GOAL_TOOL = "joints", "tool", "goal_tool"
-TOPICS = {JOINTS: "/joint_states", TOOL: "/dexhier/tool_state", V.GOAL_RGB: "/dexhier/subgoal/image",
-          GOAL_TOOL: "/dexhier/tool_goal"}  # fmt: skip
+TOPICS = {JOINTS: V.TOPIC_JOINT_STATES, TOOL: V.TOPIC_TOOL_STATE, V.GOAL_RGB: V.TOPIC_SUBGOAL_IMAGE,
+          GOAL_TOOL: V.TOPIC_TOOL_GOAL}  # fmt: skip
 HISTORY_S = 2.0  # s of joint states and images kept to pair with a tool state
 
 
@@ -139,7 +139,7 @@ class LowLevelPolicyNode(Node):
             self.create_subscription(
                 Image, topic, lambda m, k=key: self._on_image(k, m), qos_profile_sensor_data
             )
-        self.create_subscription(String, "/dexhier/sim/episode", self._on_episode, M.EPISODE_QOS)
+        self.create_subscription(String, V.TOPIC_SIM_EPISODE, self._on_episode, M.EPISODE_QOS)
         self.inference = self.create_guard_condition(self._infer, MutuallyExclusiveCallbackGroup())
         self.create_timer(self.dt, self._control, MutuallyExclusiveCallbackGroup())
         plan = f"{cfg.exec_steps} of {cfg.horizon} actions per chunk"
@@ -258,9 +258,11 @@ class LowLevelPolicyNode(Node):
         if stale:
             self.buffer.clear()
             self.stats["held"] += 1
-            if self.holding != frozenset(stale):
-                self.holding = frozenset(stale)
+            # One line per hold, and another only when a new input goes stale: inputs coming back one
+            # by one (the goal's tool gap before its image) are not news.
+            if self.holding is None or not stale.keys() <= self.holding:
                 self.get_logger().warning(f"holding, no commands: {'; '.join(stale.values())}")
+            self.holding = frozenset(stale)
             return
         if self.holding is not None:
             self.holding = None

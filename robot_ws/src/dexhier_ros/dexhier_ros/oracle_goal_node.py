@@ -60,9 +60,9 @@ class OracleGoalNode(Node):
         if self.goal_camera not in FRAMES or self.image_size < 8 or self.lookahead < 0 or rate <= 0:
             raise ValueError(f"goal_camera must be one of {', '.join(FRAMES)}, image_size >= 8, "
                              "lookahead >= 0 and control_hz > 0")  # fmt: skip
-        self.pub_image = self.create_publisher(Image, "/dexhier/subgoal/image", M.GOAL_QOS)
-        self.pub_tool = self.create_publisher(JointState, "/dexhier/tool_goal", M.GOAL_QOS)
-        self.create_subscription(String, "/dexhier/sim/episode", self._on_episode, M.EPISODE_QOS)
+        self.pub_image = self.create_publisher(Image, V.TOPIC_SUBGOAL_IMAGE, M.GOAL_QOS)
+        self.pub_tool = self.create_publisher(JointState, V.TOPIC_TOOL_GOAL, M.GOAL_QOS)
+        self.create_subscription(String, V.TOPIC_SIM_EPISODE, self._on_episode, M.EPISODE_QOS)
         self.create_subscription(JointState, "/joint_states", self._on_joints, QoSProfile(depth=10))
         self.joints: JointState | None = None
         self.episode = 0

@@ -90,7 +90,7 @@ TOPICS: tuple[RecordedTopic, ...] = (
     *(RecordedTopic(V.command_topic(g), JointTrajectory) for g in GROUPS),
     *(RecordedTopic(V.controller_topic(g), JointTrajectory) for g in GROUPS),
     RecordedTopic(V.TOPIC_TELEOP_JOY, Joy),
-    RecordedTopic("/dexhier/tool_state", JointState),
+    RecordedTopic(V.TOPIC_TOOL_STATE, JointState),
     RecordedTopic("/dexhier/estop", Bool),
     RecordedTopic("/dexhier/safety/status", String),
 )
@@ -174,7 +174,7 @@ class RecorderNode(Node):
             V.camera_topic(CAMERA): lambda m, t: self._on_image(V.rgb_key(CAMERA), m, t),
             DEPTH_TOPIC: lambda m, t: self._on_image(V.depth_key(CAMERA), m, t),
             V.TOPIC_TELEOP_JOY: self._on_joy,
-            "/dexhier/tool_state": self._on_tool_state,
+            V.TOPIC_TOOL_STATE: self._on_tool_state,
             "/dexhier/safety/status": self._on_safety_status,
             **{
                 V.command_topic(g): (lambda m, t, g=g: self._on_trajectory("request", g, m, t))
@@ -191,7 +191,7 @@ class RecorderNode(Node):
             self.create_subscription(
                 spec.msg_class, spec.topic, lambda raw, spec=spec: self._on_raw(spec, raw), qos, raw=True
             )
-        self.create_subscription(String, "/dexhier/sim/episode", self._on_twin_episode, M.EPISODE_QOS)
+        self.create_subscription(String, V.TOPIC_SIM_EPISODE, self._on_twin_episode, M.EPISODE_QOS)
         self.pub_status = self.create_publisher(String, "/dexhier/recorder/status", reliable)
         for name, handler in (("start", self._srv_start), ("save", self._srv_end("saved")),
                               ("fail", self._srv_end("failed")), ("discard", self._srv_end("discarded")),
@@ -293,7 +293,7 @@ class RecorderNode(Node):
             doc = json.loads(msg.data)
             number, done, success = int(doc["episode"]), bool(doc["done"]), bool(doc["success"])
         except (ValueError, TypeError, KeyError) as err:
-            return self._reject("/dexhier/sim/episode", err)
+            return self._reject(V.TOPIC_SIM_EPISODE, err)
         self.twin = doc
         ep = self.ep
         if ep is None:

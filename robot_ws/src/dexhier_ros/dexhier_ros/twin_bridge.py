@@ -117,7 +117,7 @@ class TwinBridge(Node):
         wrist_topic = V.camera_topic(WRIST_CAMERA)  # /wrist_camera/color/image_raw
         self.pub_wrist_rgb = self.create_publisher(Image, wrist_topic, qos_profile_sensor_data)
         self.pub_state = self.create_publisher(Float64MultiArray, "/dexhier/sim/state", reliable)
-        self.pub_episode = self.create_publisher(String, "/dexhier/sim/episode", M.EPISODE_QOS)
+        self.pub_episode = self.create_publisher(String, V.TOPIC_SIM_EPISODE, M.EPISODE_QOS)
         self.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", self._on_arm, reliable)
         self.create_subscription(
             JointTrajectory, "/hand_controller/joint_trajectory", self._on_hand, reliable
