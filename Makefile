@@ -63,6 +63,8 @@ demo: setup
 bench: setup
 	$(VENV)/bin/dexhier bench twin --json
 	$(VENV)/bin/dexhier bench lowlevel --episodes 0 --json
+	$(VENV)/bin/dexhier bench subgoal --json
+	$(VENV)/bin/dexhier bench ros --duration 60 --json
 
 lint: setup
 	$(VENV)/bin/ruff check .

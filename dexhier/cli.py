@@ -481,7 +481,10 @@ def cmd_bench_ros(args: argparse.Namespace) -> int:
 
     print(f"bench ros: the sim graph for {args.duration:g} s at real-time factor {args.real_time_factor:g}",
           file=sys.stderr)  # fmt: skip
-    result = bench_ros(args.duration, args.real_time_factor, perception=not args.no_perception)
+    if not 0 <= args.realtime_priority <= 99:
+        raise ValueError(f"--realtime-priority {args.realtime_priority} outside 0..99 (0 = off)")
+    result = bench_ros(args.duration, args.real_time_factor, perception=not args.no_perception,
+                       realtime_priority=args.realtime_priority)  # fmt: skip
     _print_figures(result, 28, 3)
     _emit(args, result)
     return 0
@@ -869,6 +872,11 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--duration", type=float, default=60.0, help="seconds of measurement (default: 60)")
     br.add_argument("--real-time-factor", type=float, default=1.0, help="twin speed (default: 1)")
     br.add_argument("--no-perception", action="store_true", help="leave the perception node out")
+    br.add_argument(
+        "--realtime-priority", type=int, default=40,
+        help="SCHED_FIFO priority of the control path (twin, policy, supervisor) and of the probe, as the "
+        "sim launch's realtime_priority; 0 = default scheduler (default: 40)",
+    )  # fmt: skip
     add_json(br)
     br.set_defaults(func=cmd_bench_ros)
 

@@ -1,16 +1,21 @@
 """``dexhier bench ros``: latency, control-period jitter and dropped commands of the ROS 2 graph.
 
 Launches ``launch/sim.launch.xml`` (real time, episodes back to back) and listens with a probe node
-in a thread of this process. Per twin control step k the bridge publishes the state the policy
-acts on, and hands the step to its sensor thread, which renders and publishes the camera frame
-and (every 4th step) the cloud; the policy's command for step k goes through the safety
-supervisor to the controller topic. Measured at the probe, on the wall clock:
+in a thread of this process, from one second after the policy's first command in the first episode
+(before it the twin idles, the policy loads the scene and warms up). Per twin control step k the
+bridge publishes the state the policy acts on, and hands the step to its sensor thread, which
+renders and publishes the camera frame and (every 4th step) the cloud; the policy's command for step
+k goes through the safety supervisor to the controller topic. Measured at the probe from the
+middleware's reception stamps (wall clock); the control path and the probe run under SCHED_FIFO at
+``realtime_priority`` (see ``dexhier_ros.scheduling``; 0 = default scheduler):
 
 * ``e2e``: arrival of the forwarded (safe) command minus arrival of the input it answers (the first
   forwarded command after it). The stand-in policy (the expert) reads the twin state, so the
   headline e2e starts at the state; ``camera_to_command`` starts at the camera frame, which a
   camera-driven policy would read;
 * ``jitter``: |interval between consecutive forwarded commands − control period|;
+* ``state_jitter``: the same for the twin states, i.e. the twin's own control tick (the part of
+  the jitter that does not come from the policy and the supervisor);
 * ``dropped_commands``: control steps after which no forwarded command arrived before the next
   step's state (the twin then held the previous target).
 
@@ -21,6 +26,8 @@ the ``*_all`` keys keep them.
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import tempfile
 import threading
@@ -36,15 +43,29 @@ RESET_WINDOW_S = 1.0
 
 
 class _Probe(threading.Thread):
-    def __init__(self, duration: float) -> None:
+    def __init__(self, duration: float, realtime_priority: int = 0) -> None:
         super().__init__(daemon=True)
         self.duration = duration
-        self.frames: list[float] = []  # wall arrival of camera frames
-        self.states: list[float] = []  # wall arrival of twin states
-        self.forwarded: list[float] = []  # wall arrival of forwarded arm commands
+        self.realtime_priority = realtime_priority
+        # Wall (system clock) s at which the middleware received each message.
+        self.frames: list[float] = []  # camera frames
+        self.states: list[float] = []  # twin states
+        self.forwarded: list[float] = []  # forwarded (safe) arm commands
         self.resets: list[float] = []
+        self.started = threading.Event()  # the first episode (not the idle start-up scene) began
+        self.started_at = float("inf")
         self.done = threading.Event()
         self.error: str | None = None
+
+    def _on_episode(self, msg, info) -> None:
+        stamp = info["received_timestamp"]
+        self.resets.append(stamp * 1e-9 if stamp > 0 else time.time())
+        try:
+            if int(json.loads(msg.data)["episode"]) >= 1 and not self.started.is_set():
+                self.started_at = self.resets[-1]
+                self.started.set()
+        except (ValueError, KeyError, TypeError):
+            pass
 
     def run(self) -> None:
         import rclpy
@@ -54,27 +75,53 @@ class _Probe(threading.Thread):
         from std_msgs.msg import Float64MultiArray, String
         from trajectory_msgs.msg import JointTrajectory
 
+        if self.realtime_priority:
+            # The probe stands where a cell's controllers are, which run real-time: without it the
+            # measurement would add this process's own scheduling delays to the graph's.
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.realtime_priority))
+            except PermissionError:
+                self.realtime_priority = 0
         context = rclpy.Context()
         rclpy.init(context=context)
         node = Node("ros_bench_probe", context=context)
-        now = time.monotonic
+        now = time.time  # the clock of the middleware's reception stamps
+
+        def arrival(log: list[float]):
+            """Callback logging when the middleware received each message: a C++ controller would see
+            it then, and this probe's own Python executor delays are left out of the figures."""
+
+            def on_message(msg, info) -> None:
+                stamp = info["received_timestamp"]
+                log.append(stamp * 1e-9 if stamp > 0 else now())
+
+            return on_message
+
         q = QoSProfile(depth=100)
-        node.create_subscription(Image, "/camera/color/image_raw", lambda m: self.frames.append(now()),
-                                 qos_profile_sensor_data)  # fmt: skip
-        node.create_subscription(Float64MultiArray, "/dexhier/sim/state",
-                                 lambda m: self.states.append(now()), q)  # fmt: skip
-        node.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory",
-                                 lambda m: self.forwarded.append(now()), q)  # fmt: skip
-        node.create_subscription(String, "/dexhier/sim/episode", lambda m: self.resets.append(now()), q)
+        sensor = qos_profile_sensor_data
+        node.create_subscription(Image, "/camera/color/image_raw", arrival(self.frames), sensor)
+        node.create_subscription(Float64MultiArray, "/dexhier/sim/state", arrival(self.states), q)
+        node.create_subscription(
+            JointTrajectory, "/arm_controller/joint_trajectory", arrival(self.forwarded), q
+        )
+        node.create_subscription(String, "/dexhier/sim/episode", self._on_episode, q)
         executor = rclpy.executors.SingleThreadedExecutor(context=context)
         executor.add_node(node)
         try:
-            deadline = now() + 60.0
-            while not self.states and now() < deadline:
+            # Measure from the policy's first command in the first episode: before it the twin idles,
+            # and the policy loads that episode's scene.
+            deadline = now() + 90.0
+            while not (self.started.is_set() and self.forwarded and self.forwarded[-1] > self.started_at):
+                if now() > deadline:
+                    self.error = "no command within 90 s" + (
+                        " of the first episode's start" if self.started.is_set() else " (no episode started)"
+                    )
+                    return
                 executor.spin_once(timeout_sec=0.05)
-            if not self.states:
-                self.error = "no twin state within 60 s"
-                return
+            # The first second of commands is warm-up, left out like the second after a reset.
+            warm_up_end = now() + RESET_WINDOW_S
+            while now() < warm_up_end:
+                executor.spin_once(timeout_sec=0.01)
             for k in (self.frames, self.states, self.forwarded, self.resets):
                 k.clear()
             end = now() + self.duration
@@ -87,17 +134,24 @@ class _Probe(threading.Thread):
 
 
 def bench_ros(
-    duration: float = 60.0, real_time_factor: float = 1.0, perception: bool = True
+    duration: float = 60.0,
+    real_time_factor: float = 1.0,
+    perception: bool = True,
+    realtime_priority: int = 40,
 ) -> dict[str, Any]:
-    """Run the graph for ``duration`` s of measurement; returns the figures (ms, counts)."""
+    """Run the graph for ``duration`` s of measurement; returns the figures (ms, counts).
+
+    ``realtime_priority``: SCHED_FIFO priority of the control path and the probe (0 = none).
+    """
     from dexhier.launch.runner import run
     from dexhier.launch.xml_format import parse_launch_file
 
     isolate_dds()
     results = Path(tempfile.mkdtemp(prefix="dexhier_bench_ros_")) / "episodes.jsonl"
     args = {"episodes": "100000", "real_time_factor": str(real_time_factor), "results_path": str(results),
-            "perception": "true" if perception else "false"}  # fmt: skip
-    probe = _Probe(duration)
+            "perception": "true" if perception else "false",
+            "realtime_priority": str(realtime_priority)}  # fmt: skip
+    probe = _Probe(duration, realtime_priority)
     probe.start()
     code = run(parse_launch_file(SIM_LAUNCH, args), stop_after=duration + 25.0, stop_when=probe.done.is_set)
     probe.join(timeout=10)
@@ -126,6 +180,7 @@ def bench_ros(
     e2e_a, e2e_t = latency(states)
     cam_a, cam_t = latency(frames)
     jitter = 1000 * np.abs(np.diff(fwd) - period)
+    state_jitter = 1000 * np.abs(np.diff(states) - period)  # the twin's own tick, before the chain
     dropped_at = [
         a for a, b in zip(states[:-1], states[1:], strict=True) if not np.any((fwd > a) & (fwd <= b))
     ]
@@ -135,10 +190,13 @@ def bench_ros(
         return float(np.quantile(values, p)) if len(values) else float("nan")
 
     e2e_steady, jit_steady = e2e_a[steady(e2e_t)], jitter[steady(fwd[:-1])] if len(fwd) > 1 else jitter
+    tick_steady = state_jitter[steady(states[:-1])] if len(states) > 1 else state_jitter
     return {
         "duration_s": duration,
         "real_time_factor": real_time_factor,
         "perception_node": perception,
+        "realtime_priority": realtime_priority,
+        "probe_realtime": bool(probe.realtime_priority),
         "control_steps": int(len(states)),
         "camera_frames": int(len(frames)),
         "forwarded_commands": int(len(fwd)),
@@ -147,6 +205,8 @@ def bench_ros(
         "jitter_p50_ms": q(jit_steady, 0.5),
         "jitter_p99_ms": q(jit_steady, 0.99),
         "dropped_commands": int(np.sum(steady(dropped_at))) if len(dropped_at) else 0,
+        "state_jitter_p50_ms": q(tick_steady, 0.5),
+        "state_jitter_p99_ms": q(tick_steady, 0.99),
         "camera_to_command_p50_ms": q(cam_a[steady(cam_t)], 0.5),
         "camera_to_command_p99_ms": q(cam_a[steady(cam_t)], 0.99),
         "e2e_p99_ms_all": q(e2e_a, 0.99),

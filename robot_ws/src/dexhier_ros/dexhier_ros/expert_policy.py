@@ -21,6 +21,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from dexhier_ros import messages as M
 from dexhier_ros.runtime import parameter, run_node
+from dexhier_ros.scheduling import apply_realtime_priority
 from sim.expert import ExpertPolicy
 from sim.twin import TwinConfig, TwinEnv
 
@@ -28,6 +29,8 @@ from sim.twin import TwinConfig, TwinEnv
 class ExpertPolicyNode(Node):
     def __init__(self) -> None:
         super().__init__("expert_policy")
+        # On the control path: SCHED_FIFO if asked (dexhier_ros.scheduling).
+        apply_realtime_priority(self, parameter(self, "realtime_priority", 0))
         self.task = parameter(self, "task", "tweezer_pick")
         self.mirror = TwinEnv(TwinConfig(task=self.task, render=False, points=False))
         self.expert = ExpertPolicy(self.mirror)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable
 
@@ -29,6 +30,10 @@ def run_node(
     running: Executor | None = None
     try:
         node = make()  # inside the try: Ctrl-C during a slow start-up is a normal shutdown too
+        # What start-up built (models, networks) lives until exit: out of the collector's sight, it no
+        # longer makes the occasional full collection pause a control callback for milliseconds.
+        gc.collect()
+        gc.freeze()
         if executor is None:
             rclpy.spin(node)
         else:

@@ -24,6 +24,7 @@ from trajectory_msgs.msg import JointTrajectory
 from dexhier.safety import SafetyDecision, SafetyLimits, SafetySupervisor
 from dexhier_ros import messages as M
 from dexhier_ros.runtime import parameter, run_node
+from dexhier_ros.scheduling import apply_realtime_priority
 
 
 def _limits_from_model(arm_velocity: float, hand_velocity: float, stale: float) -> dict[str, SafetyLimits]:
@@ -43,6 +44,8 @@ def _limits_from_model(arm_velocity: float, hand_velocity: float, stale: float) 
 class SafetySupervisorNode(Node):
     def __init__(self) -> None:
         super().__init__("safety_supervisor")
+        # On the control path: SCHED_FIFO if asked (dexhier_ros.scheduling).
+        apply_realtime_priority(self, parameter(self, "realtime_priority", 0))
         # Accepted for symmetry with the other nodes' launch arguments; limits do not depend on the task.
         parameter(self, "task", "tweezer_pick")
         rate = parameter(self, "control_hz", 20.0)

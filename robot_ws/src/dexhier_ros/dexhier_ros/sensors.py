@@ -10,6 +10,7 @@ cloud a dropped snapshot was due for is rendered from the next one instead.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -120,6 +121,10 @@ class SensorPublisher(threading.Thread):
         self._model = model
 
     def run(self) -> None:
+        # Rendering is bulk work: off the control tick's real-time priority (if it has one), and so are
+        # the renderer's own threads, which inherit this thread's scheduler.
+        if os.sched_getscheduler(0) != os.SCHED_OTHER:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         try:
             while (snap := self._queue.get()) is not None:
                 self._prepare(snap.model)
