@@ -228,8 +228,9 @@ def test_cell_launch_nodes_parameters_and_remaps():
 
     coordinator = nodes["episode_coordinator"]
     assert files(coordinator) == [LAUNCH / "cell.params.yaml"]
-    assert inline(coordinator) == {
-        "use_sim_time": False, "episodes": 0, "results_path": "out/cell/episodes.jsonl"
+    assert inline(coordinator) == {  # the operator marks each episode: nothing on a cell detects success
+        "use_sim_time": False, "source": "operator", "task": "tweezer_pick", "episodes": 0,
+        "results_path": "out/cell/episodes.jsonl",
     }  # fmt: skip
     assert not coordinator.required
 

@@ -7,6 +7,12 @@ reported by the twin on ``/dexhier/sim/episode``); each result is published on
 ``episodes > 0`` it runs that many episodes by itself, prints the summary and exits, which ends
 the launch when the node is ``required``; the first starts once every ``ready_topics`` topic has a
 publisher (the policy and what it relies on are up), or after ``ready_timeout``.
+
+``source:=operator`` is for a real cell, where nothing reports success: ``start`` begins an episode
+and returns at once, the operator ends it with ``/dexhier/episode/success`` or
+``/dexhier/episode/failure`` (Trigger), ``stop`` aborts it, and an episode left unmarked for
+``episode_timeout`` s ends as a time-out (:class:`dexhier.operator_episodes.OperatorEpisodes`).
+``reset`` only answers that the operator resets the scene. Results go to the same topic and log.
 """
 
 from __future__ import annotations
@@ -23,8 +29,11 @@ from rclpy.qos import QoSProfile
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from dexhier.operator_episodes import EpisodeStateError, OperatorEpisodes
 from dexhier_ros.messages import EPISODE_QOS
 from dexhier_ros.runtime import parameter
+
+SOURCES = ("twin", "operator")
 
 
 class EpisodeCoordinator(Node):
@@ -40,9 +49,24 @@ class EpisodeCoordinator(Node):
         self.group = ReentrantCallbackGroup()
         self.reset_client = self.create_client(Trigger, "/dexhier/sim/reset", callback_group=self.group)
         self.pub_result = self.create_publisher(String, "/dexhier/episode/result", QoSProfile(depth=10))
-        self.create_subscription(String, "/dexhier/sim/episode", self._on_episode, EPISODE_QOS,
-                                 callback_group=self.group)  # fmt: skip
-        for name, cb in (("start", self._srv_start), ("stop", self._srv_stop), ("reset", self._srv_reset)):
+        self.source = parameter(self, "source", "twin")
+        task = parameter(self, "task", "tweezer_pick")  # the operator's episodes (the twin names its own)
+        if self.source not in SOURCES:
+            raise ValueError(f"parameter 'source': {self.source!r}, expected one of {', '.join(SOURCES)}")
+        services = {"start": self._srv_start, "stop": self._srv_stop, "reset": self._srv_reset}
+        if self.source == "operator":
+            if self.episodes != 0:
+                raise ValueError("source operator: the operator starts each episode "
+                                 "(/dexhier/episode/start); episodes must be 0")  # fmt: skip
+            self.operator = OperatorEpisodes(task, self.timeout)
+            services = {"start": self._op_start, "stop": self._op_stop, "reset": self._op_reset,
+                        "success": lambda req, res: self._op_mark(True, res),
+                        "failure": lambda req, res: self._op_mark(False, res)}  # fmt: skip
+            self.create_timer(0.5, self._op_expire, callback_group=self.group)
+        else:
+            self.create_subscription(String, "/dexhier/sim/episode", self._on_episode, EPISODE_QOS,
+                                     callback_group=self.group)  # fmt: skip
+        for name, cb in services.items():
             self.create_service(Trigger, f"/dexhier/episode/{name}", cb, callback_group=self.group)
         self.status: dict | None = None
         self.active_seed: int | None = None
@@ -89,17 +113,74 @@ class EpisodeCoordinator(Node):
         result = {"seed": seed, "success": bool(st.get("success")), "sim_time": st.get("time"),
                   "steps": st.get("steps"), "task": st.get("task"), "object_width": st.get("object_width"),
                   "wall_time": time.monotonic() - t0, "aborted": bool(st.get("aborted", False))}  # fmt: skip
-        self.results.append(result)
-        self.results_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.results_path.open("a") as f:
-            f.write(json.dumps(result) + "\n")
-        self.pub_result.publish(String(data=json.dumps(result)))
+        self._record(result)
         self.get_logger().info(
             f"episode seed {seed}: {'success' if result['success'] else 'failure'} "
             f"({result['sim_time'] or float('nan'):.2f} s simulated, {result['wall_time']:.1f} s wall)"
         )
         self.active_seed = None
         return result
+
+    def _record(self, result: dict) -> None:
+        """Keep, log (JSON lines) and publish one episode result."""
+        self.results.append(result)
+        self.results_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.results_path.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+        self.pub_result.publish(String(data=json.dumps(result)))
+
+    # ------------------------------------------------------------ operator (cell)
+    def _now(self) -> float:
+        return time.monotonic()
+
+    def _op_start(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        try:
+            episode = self.operator.start(self._now())
+        except EpisodeStateError as err:
+            response.success, response.message = False, str(err)
+            return response
+        self.get_logger().info(f"episode {episode} started: mark it on /dexhier/episode/success or /failure")
+        response.success, response.message = True, json.dumps({"episode": episode})
+        return response
+
+    def _op_end(self, result: dict | None, response: Trigger.Response) -> Trigger.Response:
+        if result is None:
+            response.success, response.message = True, "no episode running"
+            return response
+        self._record(result)
+        self.get_logger().info(
+            f"episode {result['episode']}: {result['outcome']} ({result['wall_time']:.1f} s)"
+        )
+        response.success, response.message = True, json.dumps(result)
+        return response
+
+    def _op_mark(self, success: bool, response: Trigger.Response) -> Trigger.Response:
+        try:
+            result = self.operator.mark(success, self._now())
+        except EpisodeStateError as err:
+            response.success, response.message = False, str(err)
+            return response
+        return self._op_end(result, response)
+
+    def _op_stop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        return self._op_end(self.operator.stop(self._now()), response)
+
+    def _op_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        response.success = not self.operator.running
+        response.message = (
+            "the operator resets the cell's scene; nothing to do here"
+            if response.success
+            else f"episode {self.operator.episode} is running: mark or stop it first"
+        )
+        return response
+
+    def _op_expire(self) -> None:
+        result = self.operator.expire(self._now())
+        if result is not None:
+            self._record(result)
+            self.get_logger().warning(
+                f"episode {result['episode']}: no verdict after {self.timeout:g} s, recorded as a time-out"
+            )
 
     # -------------------------------------------------------------------- services
     def _srv_start(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
