@@ -18,6 +18,7 @@ and returns at once, the operator ends it with ``/dexhier/episode/success`` or
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -59,6 +60,8 @@ class EpisodeCoordinator(Node):
                 raise ValueError("source operator: the operator starts each episode "
                                  "(/dexhier/episode/start); episodes must be 0")  # fmt: skip
             self.operator = OperatorEpisodes(task, self.timeout)
+            # The services and the time-out timer run on the executor's threads: one at a time here.
+            self.operator_lock = threading.Lock()
             services = {"start": self._op_start, "stop": self._op_stop, "reset": self._op_reset,
                         "success": lambda req, res: self._op_mark(True, res),
                         "failure": lambda req, res: self._op_mark(False, res)}  # fmt: skip
@@ -135,7 +138,8 @@ class EpisodeCoordinator(Node):
 
     def _op_start(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         try:
-            episode = self.operator.start(self._now())
+            with self.operator_lock:
+                episode = self.operator.start(self._now())
         except EpisodeStateError as err:
             response.success, response.message = False, str(err)
             return response
@@ -147,7 +151,7 @@ class EpisodeCoordinator(Node):
         if result is None:
             response.success, response.message = True, "no episode running"
             return response
-        self._record(result)
+        self._record(result)  # under the operator lock: results keep their order
         self.get_logger().info(
             f"episode {result['episode']}: {result['outcome']} ({result['wall_time']:.1f} s)"
         )
@@ -155,32 +159,38 @@ class EpisodeCoordinator(Node):
         return response
 
     def _op_mark(self, success: bool, response: Trigger.Response) -> Trigger.Response:
-        try:
-            result = self.operator.mark(success, self._now())
-        except EpisodeStateError as err:
-            response.success, response.message = False, str(err)
-            return response
-        return self._op_end(result, response)
+        with self.operator_lock:
+            try:
+                result = self.operator.mark(success, self._now())
+            except EpisodeStateError as err:
+                response.success, response.message = False, str(err)
+                return response
+            return self._op_end(result, response)
 
     def _op_stop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        return self._op_end(self.operator.stop(self._now()), response)
+        with self.operator_lock:
+            return self._op_end(self.operator.stop(self._now()), response)
 
     def _op_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        response.success = not self.operator.running
+        with self.operator_lock:
+            running, episode = self.operator.running, self.operator.episode
+        response.success = not running
         response.message = (
-            "the operator resets the cell's scene; nothing to do here"
-            if response.success
-            else f"episode {self.operator.episode} is running: mark or stop it first"
+            f"episode {episode} is running: mark or stop it first"
+            if running
+            else "the operator resets the cell's scene; nothing to do here"
         )
         return response
 
     def _op_expire(self) -> None:
-        result = self.operator.expire(self._now())
-        if result is not None:
+        with self.operator_lock:
+            result = self.operator.expire(self._now())
+            if result is None:
+                return
             self._record(result)
-            self.get_logger().warning(
-                f"episode {result['episode']}: no verdict after {self.timeout:g} s, recorded as a time-out"
-            )
+        self.get_logger().warning(
+            f"episode {result['episode']}: no verdict after {self.timeout:g} s, recorded as a time-out"
+        )
 
     # -------------------------------------------------------------------- services
     def _srv_start(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
