@@ -479,10 +479,10 @@ def cmd_bench_subgoal(args: argparse.Namespace) -> int:
 def cmd_bench_ros(args: argparse.Namespace) -> int:
     from dexhier.ros_bench import bench_ros
 
-    print(f"bench ros: the sim graph for {args.duration:g} s at real-time factor {args.real_time_factor:g}",
-          file=sys.stderr)  # fmt: skip
     if not 0 <= args.realtime_priority <= 99:
         raise ValueError(f"--realtime-priority {args.realtime_priority} outside 0..99 (0 = off)")
+    print(f"bench ros: the sim graph for {args.duration:g} s at real-time factor {args.real_time_factor:g}",
+          file=sys.stderr)  # fmt: skip
     result = bench_ros(args.duration, args.real_time_factor, perception=not args.no_perception,
                        realtime_priority=args.realtime_priority)  # fmt: skip
     _print_figures(result, 28, 3)

@@ -40,6 +40,7 @@ import numpy as np
 from dexhier.ros_demo import SIM_LAUNCH, isolate_dds
 
 RESET_WINDOW_S = 1.0
+START_TIMEOUT_S = 90.0  # s for the graph to start and the policy's first command
 
 
 class _Probe(threading.Thread):
@@ -54,6 +55,8 @@ class _Probe(threading.Thread):
         self.resets: list[float] = []
         self.started = threading.Event()  # the first episode (not the idle start-up scene) began
         self.started_at = float("inf")
+        self.window_start = float("inf")  # system-clock s at which the measurement window opened
+        self.complete = False  # the whole duration was measured
         self.done = threading.Event()
         self.error: str | None = None
 
@@ -109,24 +112,27 @@ class _Probe(threading.Thread):
         executor.add_node(node)
         try:
             # Measure from the policy's first command in the first episode: before it the twin idles,
-            # and the policy loads that episode's scene.
-            deadline = now() + 90.0
+            # and the policy loads that episode's scene. Deadlines on the monotonic clock; the samples
+            # are middleware stamps (system clock).
+            deadline = time.monotonic() + START_TIMEOUT_S
             while not (self.started.is_set() and self.forwarded and self.forwarded[-1] > self.started_at):
-                if now() > deadline:
-                    self.error = "no command within 90 s" + (
+                if time.monotonic() > deadline:
+                    self.error = f"no command within {START_TIMEOUT_S:g} s" + (
                         " of the first episode's start" if self.started.is_set() else " (no episode started)"
                     )
                     return
                 executor.spin_once(timeout_sec=0.05)
             # The first second of commands is warm-up, left out like the second after a reset.
-            warm_up_end = now() + RESET_WINDOW_S
-            while now() < warm_up_end:
+            warm_up_end = time.monotonic() + RESET_WINDOW_S
+            while time.monotonic() < warm_up_end:
                 executor.spin_once(timeout_sec=0.01)
+            self.window_start = now()  # samples stamped earlier but handled later are dropped
             for k in (self.frames, self.states, self.forwarded, self.resets):
                 k.clear()
-            end = now() + self.duration
-            while now() < end:
+            end = time.monotonic() + self.duration
+            while time.monotonic() < end:
                 executor.spin_once(timeout_sec=0.01)
+            self.complete = True
         finally:
             node.destroy_node()
             rclpy.shutdown(context=context)
@@ -153,13 +159,19 @@ def bench_ros(
             "realtime_priority": str(realtime_priority)}  # fmt: skip
     probe = _Probe(duration, realtime_priority)
     probe.start()
-    code = run(parse_launch_file(SIM_LAUNCH, args), stop_after=duration + 25.0, stop_when=probe.done.is_set)
+    stop_after = START_TIMEOUT_S + RESET_WINDOW_S + duration + 15.0
+    code = run(parse_launch_file(SIM_LAUNCH, args), stop_after=stop_after, stop_when=probe.done.is_set)
     probe.join(timeout=10)
     if probe.error:
         raise RuntimeError(f"bench ros: {probe.error} (launch exit code {code})")
+    if not probe.complete:
+        raise RuntimeError(
+            f"bench ros: the graph stopped before {duration:g} s were measured (launch exit code {code})"
+        )
     period = 1.0 / (20.0 * real_time_factor)
     frames, states, fwd, resets = (
-        np.array(v) for v in (probe.frames, probe.states, probe.forwarded, probe.resets)
+        np.array([t for t in v if t >= probe.window_start])
+        for v in (probe.frames, probe.states, probe.forwarded, probe.resets)
     )
 
     def steady(t: np.ndarray) -> np.ndarray:
@@ -196,7 +208,8 @@ def bench_ros(
         "real_time_factor": real_time_factor,
         "perception_node": perception,
         "realtime_priority": realtime_priority,
-        "probe_realtime": bool(probe.realtime_priority),
+        # The probe runs as the nodes do (same user and limits): if it got SCHED_FIFO, so did they.
+        "realtime_in_effect": bool(probe.realtime_priority),
         "control_steps": int(len(states)),
         "camera_frames": int(len(frames)),
         "forwarded_commands": int(len(fwd)),

@@ -152,6 +152,24 @@ def test_sim_launch_nodes_parameters_and_arguments():
     }  # fmt: skip
 
 
+def test_sim_launch_runs_the_control_path_real_time_over_shared_memory(monkeypatch):
+    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)
+    control_path = ("twin_bridge", "expert_policy", "safety_supervisor")
+    for args, priority in (({}, 40), ({"realtime_priority": "0"}, 0)):
+        nodes = by_name(parse_launch_file(SIM, args))
+        for name, node in nodes.items():
+            assert node.env["FASTDDS_DEFAULT_PROFILES_FILE"] == str(LAUNCH / "fastdds_local.xml"), name
+            if name in control_path:
+                assert inline(node)["realtime_priority"] == priority, name
+                assert node.env["OPENBLAS_NUM_THREADS"] == "1", name
+            else:
+                assert "realtime_priority" not in inline(node), name
+    # A caller's own profile wins (node.env holds what differs from the environment the nodes inherit).
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", "/etc/my_profile.xml")
+    for node in parse_launch_file(SIM):
+        assert "FASTDDS_DEFAULT_PROFILES_FILE" not in node.env
+
+
 def test_sim_launch_with_the_learned_low_level():
     """policy:=lowlevel swaps the expert for the learned low level and its stand-in goal source."""
     args = {"policy": "lowlevel", "task": "tool_open_to", "temporal_ensemble": "true"}

@@ -46,6 +46,28 @@ def test_set_fifo_moves_every_thread_and_new_threads_inherit_it():
     assert "worker True True" in out and "late True" in out, out
 
 
+def test_bulk_work_steps_down_and_the_thread_gets_its_priority_back():
+    code = """
+import os, threading
+from dexhier_ros.scheduling import default_scheduler, set_fifo
+try:
+    set_fifo(7)
+except PermissionError:
+    print("denied"); raise SystemExit(0)
+with default_scheduler():
+    inside = os.sched_getscheduler(0) == os.SCHED_OTHER
+    child = []
+    t = threading.Thread(target=lambda: child.append(os.sched_getscheduler(0) == os.SCHED_OTHER))
+    t.start(); t.join()
+print("inside", inside, "child", child[0], "after", os.sched_getscheduler(0) == os.SCHED_FIFO,
+      os.sched_getparam(0).sched_priority)
+"""
+    out = _child(code)
+    if out.strip() == "denied":
+        pytest.skip("SCHED_FIFO not permitted here")
+    assert "inside True child True after True 7" in out, out
+
+
 @pytest.mark.parametrize("priority", [0, -1, 100])
 def test_set_fifo_rejects_priorities_outside_1_to_99(priority):
     from dexhier_ros.scheduling import set_fifo
@@ -56,11 +78,14 @@ def test_set_fifo_rejects_priorities_outside_1_to_99(priority):
 
 
 def test_a_node_without_the_permission_warns_and_keeps_the_default_scheduler():
+    # A user without the right: an rtprio limit of 0, and (when the tests run as root) not root.
     code = """
 import os, rclpy
 from rclpy.node import Node
 from dexhier_ros.scheduling import apply_realtime_priority
-os.setuid(65534) if os.getuid() == 0 else None  # nobody: no CAP_SYS_NICE (rtprio limit 0 by default)
+import resource
+resource.setrlimit(resource.RLIMIT_RTPRIO, (0, 0))  # no real-time priority for an unprivileged user
+os.setuid(65534) if os.getuid() == 0 else None  # and not root (CAP_SYS_NICE ignores the limit)
 rclpy.init()
 node = Node("scheduling_probe")
 print("applied", apply_realtime_priority(node, 30), os.sched_getscheduler(0) == os.SCHED_OTHER)

@@ -21,7 +21,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from dexhier_ros import messages as M
 from dexhier_ros.runtime import parameter, run_node
-from dexhier_ros.scheduling import apply_realtime_priority
+from dexhier_ros.scheduling import apply_realtime_priority, default_scheduler
 from sim.expert import ExpertPolicy
 from sim.twin import TwinConfig, TwinEnv
 
@@ -58,7 +58,8 @@ class ExpertPolicyNode(Node):
             self.seed = None
         elif episode != self.episode and not done:
             self.episode, self.seed = episode, seed
-            self.mirror.reset(self.seed)
+            with default_scheduler():  # a new scene: bulk work
+                self.mirror.reset(self.seed)
             self.expert.reset()
             self.state_time = self.acted_time = -1.0
             self.get_logger().info(f"episode seed {self.seed}: {instruction}")

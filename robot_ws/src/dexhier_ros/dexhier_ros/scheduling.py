@@ -3,19 +3,24 @@
 On a shared machine the control tick waits behind whatever else is running (perception's encoder,
 rendering, training), and that wait is the command-period jitter. ros2_control runs its update
 loop under ``SCHED_FIFO`` for the same reason; these nodes take a ``realtime_priority`` parameter
-(1-99, 0 = leave the default scheduler) and move every thread of their process to ``SCHED_FIFO`` at
-that priority. Threads doing bulk work off the tick (the twin's rendering) step down themselves.
+(1-99, 0 = leave the default scheduler) and move every thread of their process (executor, DDS) to
+``SCHED_FIFO`` at that priority. Bulk work steps down: the twin's sensor thread for good, and
+:func:`default_scheduler` around a scene rebuild or a video frame on the control thread, so that the
+GL and BLAS worker threads those start are not real-time either (the launch files also give these
+nodes one BLAS thread).
 
 Without the permission (no ``CAP_SYS_NICE`` / ``rtprio`` limit) the node logs one warning and runs
-on the default scheduler: slower to react under load, otherwise the same. The kernel's real-time
-throttling (``/proc/sys/kernel/sched_rt_runtime_us``, 95 % by default) keeps a spinning FIFO
-thread from locking the machine.
+on the default scheduler: slower to react under load, otherwise the same. A FIFO thread that never
+blocks starves the normal ones on its core; the kernel's real-time throttling
+(``/proc/sys/kernel/sched_rt_runtime_us``, 95 % by default, -1 on some tuned real-time machines)
+is the only backstop, so nothing that runs at this priority may loop without waiting.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from rclpy.node import Node
 
@@ -46,6 +51,24 @@ def set_fifo(priority: int, exclude: Iterable[int] = ()) -> list[int]:
             continue
         changed.append(tid)
     return changed
+
+
+@contextlib.contextmanager
+def default_scheduler() -> Iterator[None]:
+    """Run the block on the normal scheduler if the calling thread is real-time, then restore it.
+
+    Threads started inside (renderer workers, say) keep the normal scheduler.
+    """
+    policy = os.sched_getscheduler(0)
+    if policy == os.SCHED_OTHER:
+        yield
+        return
+    param = os.sched_getparam(0)
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    try:
+        yield
+    finally:
+        os.sched_setscheduler(0, policy, param)
 
 
 def apply_realtime_priority(node: Node, priority: int) -> int:

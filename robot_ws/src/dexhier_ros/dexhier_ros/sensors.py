@@ -121,11 +121,11 @@ class SensorPublisher(threading.Thread):
         self._model = model
 
     def run(self) -> None:
-        # Rendering is bulk work: off the control tick's real-time priority (if it has one), and so are
-        # the renderer's own threads, which inherit this thread's scheduler.
-        if os.sched_getscheduler(0) != os.SCHED_OTHER:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         try:
+            # Rendering is bulk work: off the control tick's real-time priority (if it has one), and so
+            # are the renderer's own threads, which inherit this thread's scheduler.
+            if os.sched_getscheduler(0) != os.SCHED_OTHER:
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
             while (snap := self._queue.get()) is not None:
                 self._prepare(snap.model)
                 if snap.camera:

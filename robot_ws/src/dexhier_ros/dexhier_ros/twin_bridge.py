@@ -40,7 +40,7 @@ from trajectory_msgs.msg import JointTrajectory
 from dexhier import vocabulary as V
 from dexhier_ros import messages as M
 from dexhier_ros.runtime import log_summary, parameter, run_node
-from dexhier_ros.scheduling import apply_realtime_priority
+from dexhier_ros.scheduling import apply_realtime_priority, default_scheduler
 from dexhier_ros.sensors import SensorPublisher
 from sim.cell import SCENE_CAMERA, WRIST_CAMERA
 from sim.twin import TwinConfig, TwinEnv
@@ -174,7 +174,8 @@ class TwinBridge(Node):
 
     def _video_frame(self) -> None:
         if self.video is not None:
-            views = [self.env.render(camera, 320, 240) for camera in ("scene", "wrist")]
+            with default_scheduler():  # recording is bulk work (and starts GL threads)
+                views = [self.env.render(camera, 320, 240) for camera in ("scene", "wrist")]
             self.video.append(np.concatenate(views, axis=1))
 
     def _reset(self, seed: int) -> None:
@@ -182,7 +183,8 @@ class TwinBridge(Node):
         if hasattr(self, "obs"):
             self.clock_offset += float(self.env.data.time) + self.dt
         self.current_seed = seed
-        self.obs = self.env.reset(seed)
+        with default_scheduler():  # a new scene: bulk work
+            self.obs = self.env.reset(seed)
         q = np.concatenate([self.obs[V.OBS_ARM_QPOS], self.obs[V.OBS_HAND_QPOS]])
         self.command = q.copy()
         self.arm = TrajectoryFollower(self.arm_joints, q[: len(self.arm_joints)])
