@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import mujoco
 import numpy as np
 
+from sim.camera import camera_pose
 from sim.cell import CellConfig, ObjectParams, build_cell
 
 
@@ -36,7 +37,26 @@ class ToolMountKinematics:
             if name in self._adr:
                 self.data.qpos[self._adr[name]] = value
         mujoco.mj_kinematics(self.model, self.data)
+        return self._mount_pose()
+
+    def _mount_pose(self) -> np.ndarray:
         pose = np.eye(4)
         pose[:3, :3] = self.data.site_xmat[self._site].reshape(3, 3)
         pose[:3, 3] = self.data.site_xpos[self._site]
         return pose
+
+    def camera_in_mount(self, camera: str) -> np.ndarray:
+        """(4, 4) pose of ``camera``'s optical frame (x right, y down, z forward) in the tool-mount
+        frame, from the model: the hand-eye calibration of a camera on the hand, by design.
+
+        Raises KeyError for a camera the model does not have.
+        """
+        mujoco.mj_forward(self.model, self.data)  # camera poses need more than mj_kinematics
+        try:
+            rot, pos = camera_pose(self.data, camera)
+        except KeyError as err:
+            names = [self.model.camera(i).name for i in range(self.model.ncam)]
+            raise KeyError(f"no camera {camera!r} in the cell model; it has {names}") from err
+        cam = np.eye(4)
+        cam[:3, :3], cam[:3, 3] = rot, pos
+        return np.linalg.inv(self._mount_pose()) @ cam

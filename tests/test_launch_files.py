@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dexhier import vocabulary as V
 from dexhier.launch import NodeAction, parse_launch_file
+from sim.cell import WRIST_CAMERA
 
 pytestmark = pytest.mark.ros
 
@@ -217,22 +219,29 @@ CELL_REMAPS = {
     "~/color/image_raw": "/camera/color/image_raw",
     "~/aligned_depth_to_color/image_raw": "/camera/depth/image_raw",
     "~/color/camera_info": "/camera/color/camera_info",
+}
+WRIST_REMAPS = {  # the twin's wrist camera gives the low level's wrist image and perception's cloud
+    "~/color/image_raw": "/wrist_camera/color/image_raw",
     "~/depth/color/points": "/camera/points",
 }
 
 
 def test_cell_launch_nodes_parameters_and_remaps():
     nodes = by_name(parse_launch_file(CELL))
-    assert set(nodes) == {"camera", "policy", "safety_supervisor", "episode_coordinator"}
+    assert set(nodes) == {"camera", "wrist_camera", "policy", "safety_supervisor", "episode_coordinator"}
     # No twin on the cell: ros2_control's controllers and joint_state_broadcaster take its place.
     assert "twin_bridge" not in {node.executable for node in nodes.values()}
 
-    camera = nodes["camera"]
-    assert (camera.package, camera.executable) == ("realsense2_camera", "realsense2_camera_node")
+    camera, wrist = nodes["camera"], nodes["wrist_camera"]
+    for driver in (camera, wrist):
+        assert (driver.package, driver.executable) == ("realsense2_camera", "realsense2_camera_node")
+        assert files(driver) == []
     assert camera.namespace == "/camera" and camera.full_name == "/camera/camera"
+    assert wrist.full_name == "/wrist_camera/wrist_camera"
     assert dict(camera.remaps) == CELL_REMAPS and len(camera.remaps) == len(CELL_REMAPS)
-    assert inline(camera) == {"align_depth.enable": True, "pointcloud.enable": True}
-    assert files(camera) == []
+    assert dict(wrist.remaps) == WRIST_REMAPS and len(wrist.remaps) == len(WRIST_REMAPS)
+    assert inline(camera) == {"serial_no": "", "align_depth.enable": True}
+    assert inline(wrist) == {"serial_no": "", "pointcloud.enable": True}
 
     policy = nodes["policy"]
     assert (policy.package, policy.executable) == ("dexhier_ros", "expert_policy")
@@ -258,6 +267,35 @@ def test_cell_launch_nodes_parameters_and_remaps():
         assert nodes[name].namespace is None and nodes[name].remaps == []
 
 
+def test_cell_launch_with_the_learned_hierarchy():
+    args = {"policy": "hierarchical", "task": "tool_open_to", "camera_in_mount": "0.1 0 0 1 0 0 0"}
+    nodes = by_name(parse_launch_file(CELL, args))
+    assert set(nodes) == {"camera", "wrist_camera", "perception", "highlevel", "lowlevel_policy",
+                          "safety_supervisor", "episode_coordinator"}  # fmt: skip
+    for name in ("perception", "highlevel", "lowlevel_policy"):
+        assert (nodes[name].package, nodes[name].executable) == ("dexhier_ros", name)
+        assert inline(nodes[name])["use_sim_time"] is False  # no /clock on a cell
+    perception = inline(nodes["perception"])
+    assert perception["cloud_frame"] == "camera" and perception["camera_in_mount"] == "0.1 0 0 1 0 0 0"
+    assert (
+        inline(nodes["highlevel"])["resize_images"] is True
+        and inline(nodes["highlevel"])["task"] == "tool_open_to"
+    )
+    assert inline(nodes["lowlevel_policy"])["resize_images"] is True
+    # The shipped checkpoints by default, as in the sim launch.
+    for key, name in (
+        ("checkpoint", "lowlevel_policy"),
+        ("generator", "highlevel"),
+        ("checkpoint", "perception"),
+    ):
+        assert Path(inline(nodes[name])[key]).is_dir(), (name, key)
+    # The low level trained for picking, as `dexhier demo` runs the hierarchy in sim.
+    assert (
+        Path(inline(nodes["lowlevel_policy"])["checkpoint"]).resolve()
+        == ROOT / "checkpoints" / "lowlevel_pick"
+    )
+
+
 def test_cell_launch_without_camera_and_with_other_nodes():
     full = by_name(parse_launch_file(CELL))
     nodes = by_name(parse_launch_file(CELL, {"use_camera": "false"}))
@@ -280,7 +318,8 @@ def test_cell_camera_topics_are_the_twin_topics_as_rcl_resolves_them():
     published = {c.value for c in ast.walk(bridge) if isinstance(c, ast.Constant) and isinstance(c.value, str)
                  and c.value.startswith("/camera/")}  # fmt: skip
     assert published == TWIN_CAMERA_TOPICS
-    assert set(CELL_REMAPS.values()) == TWIN_CAMERA_TOPICS
+    assert set(CELL_REMAPS.values()) | {WRIST_REMAPS["~/depth/color/points"]} == TWIN_CAMERA_TOPICS
+    assert WRIST_REMAPS["~/color/image_raw"] == V.camera_topic(WRIST_CAMERA)
 
     camera = by_name(parse_launch_file(CELL))["camera"]
     context = rclpy.Context()

@@ -102,3 +102,19 @@ def test_camera_info_carries_the_intrinsics():
     info = M.camera_info(intr, 1.5, "cam")
     assert (info.width, info.height) == (64, 48)
     np.testing.assert_allclose(np.array(info.k).reshape(3, 3), intr.matrix())
+
+
+def test_fit_image_crops_the_centred_square_and_averages_blocks():
+    from dexhier_ros.messages import MessageError, fit_image
+
+    img = np.zeros((48, 64, 3), np.uint8)
+    img[:, :8] = 255  # outside the centred 48x48 square: cropped away
+    img[:, 8:56, 0] = np.arange(48, dtype=np.uint8)[None, :] * 5  # a horizontal ramp inside it
+    out = fit_image(img, 16)
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+    assert out[..., 1].max() == 0  # the white columns are gone
+    # Each output pixel is the mean of its 3x3 block: column j averages ramp values 3j..3j+2.
+    assert np.array_equal(out[0, :, 0], np.round(np.arange(16) * 15 + 5).astype(np.uint8))
+    assert np.array_equal(fit_image(img[:, 8:56], 48), img[:, 8:56])  # already at size: unchanged
+    with pytest.raises(MessageError, match="smaller than the 64x64"):
+        fit_image(img, 64)

@@ -7,7 +7,8 @@ A thin adapter over :class:`policies.high_level.controller.SubgoalPlanner` (subg
 
 * the scene camera's colour image (``/camera/color/image_raw``, the generator's camera;
   sensor-data QoS): rgb8 or bgr8, square and at least the generator's resolution (it is
-  area-resized to it); other encodings or sizes are rejected;
+  area-resized to it); other encodings or sizes are rejected, unless ``resize_images`` (a cell's
+  camera: the centred square, area-resized);
 * ``/dexhier/tool_state`` from perception, rebuilt into an
   :class:`~perception.encoder.AffordanceEstimate` by :func:`estimate_from_tool_state` (the object
   fields only when perception saw the object); older than ``tool_timeout`` it counts as no estimate,
@@ -127,6 +128,7 @@ class HighLevelNode(Node):
         replan_every = parameter(self, "replan_every", 5)
         rate = parameter(self, "rate_hz", 20.0)  # the control rate
         self.image_size = parameter(self, "image_size", 64)  # px, the low level's goal images
+        self.resize_images = parameter(self, "resize_images", False)  # a cell's camera: crop + area-resize
         self.image_timeout = parameter(self, "image_timeout", 0.5)  # s, scene image age by its stamp
         self.tool_timeout = parameter(self, "tool_timeout", 1.0)  # s; perception: 5 Hz plus its latency
         steps = parameter(self, "steps", 0)  # denoising steps; 0 = the checkpoint's
@@ -194,11 +196,15 @@ class HighLevelNode(Node):
             if msg.encoding not in ("rgb8", "bgr8"):
                 raise M.MessageError(f"encoding {msg.encoding!r}, expected rgb8 or bgr8")
             s = self.planner.generator.config.image_size
-            if msg.width != msg.height or msg.width < s:
+            if self.resize_images:
+                img = M.fit_image(M.image_array(msg), s)
+            elif msg.width != msg.height or msg.width < s:
                 raise M.MessageError(
-                    f"{msg.width}x{msg.height} image, expected a square one of at least {s} px"
+                    f"{msg.width}x{msg.height} image, expected a square one of at least {s} px "
+                    "(resize_images:=true fits a camera's image to it)"
                 )
-            img = M.image_array(msg)
+            else:
+                img = M.image_array(msg)
         except M.MessageError as err:
             return self._warn("image:" + str(err), f"rejected {self.image_topic}: {err}")
         stamp = M.from_time(msg.header.stamp)

@@ -6,7 +6,8 @@ A thin adapter over :class:`policies.low_level.LowLevelPolicy` (a checkpoint dir
 * ``/joint_states``: the checkpoint's arm and hand joints (rad), matched by name;
 * ``/camera/color/image_raw`` and ``/wrist_camera/color/image_raw`` (sensor-data QoS): the
   checkpoint's cameras, rgb8 or bgr8 at its image size (64x64); other encodings or sizes are
-  rejected with one log line;
+  rejected with one log line, unless ``resize_images`` (a cell's cameras: the centred square, area-
+  resized);
 * ``/dexhier/tool_state``: ``tip_gap`` (m) from the perception node. The twin's ``/joint_states``
   carries no tool joints (a real tweezer has no encoder either), so perception is the only source:
   without it the node publishes nothing;
@@ -86,6 +87,9 @@ class LowLevelPolicyNode(Node):
         self.tool_timeout = parameter(self, "tool_timeout", 1.0)  # s; perception: 5 Hz plus its latency
         self.sync = parameter(self, "sync_to_tool_state", True)
         self.sync_tolerance = parameter(self, "sync_tolerance", 0.1)  # s
+        # A cell's cameras: centre-crop and area-resize their images to the policy's size (the twin's
+        # are at that size already, and a mismatch there is a wiring error: rejected).
+        self.resize_images = parameter(self, "resize_images", False)
         threads = parameter(self, "threads", 1)  # torch threads: the cores are shared with the twin
         timeouts = (self.goal_timeout, self.obs_timeout, self.tool_timeout, self.sync_tolerance)
         if rate <= 0 or min(exec_steps, steps) < 0 or min(timeouts) <= 0 or threads < 1:
@@ -207,11 +211,13 @@ class LowLevelPolicyNode(Node):
         try:
             if msg.encoding not in ("rgb8", "bgr8"):
                 raise M.MessageError(f"encoding {msg.encoding!r}, expected rgb8 or bgr8")
-            if (msg.width, msg.height) != (self.size, self.size):
+            resize = self.resize_images and (msg.width, msg.height) != (self.size, self.size)
+            if (msg.width, msg.height) != (self.size, self.size) and not resize:
                 raise M.MessageError(
-                    f"{msg.width}x{msg.height} image, the policy takes {self.size}x{self.size}"
+                    f"{msg.width}x{msg.height} image, the policy takes {self.size}x{self.size} "
+                    "(resize_images:=true fits a camera's image to it)"
                 )
-            img = M.image_array(msg)
+            img = M.fit_image(M.image_array(msg), self.size) if resize else M.image_array(msg)
         except M.MessageError as err:
             return self._once("bad:" + key, f"rejected {self.topics[key]}: {err}")
         self._ok("bad:" + key)
