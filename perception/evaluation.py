@@ -72,7 +72,8 @@ def twin_clouds(
 
 
 def evaluate_twin(encoder: AffordanceEncoder, clouds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Errors of the encoder on twin clouds (segmentation labels used to split tool and object)."""
+    """Errors of the encoder on twin clouds: with the segmentation labels splitting tool and object,
+    and (``twin_unlabelled_*``) without them, as a real camera's cloud comes."""
     errs, ang, grasp, invalid = [], [], [], 0
     for c in clouds:
         est = encoder.encode(c["points"], c["labels"], c["tool_pose"])
@@ -84,7 +85,14 @@ def evaluate_twin(encoder: AffordanceEncoder, clouds: list[dict[str, Any]]) -> d
         if est.object_valid:
             grasp.append(est.graspable == (c["object_width"] + GRASP_CLEARANCE <= c["max_gap"]))
     errs_a = np.array(errs) if errs else np.array([np.nan])
+    # A real camera's cloud has no segmentation labels: the same clouds split by geometry alone.
+    bare = [encoder.encode(c["points"], None, c["tool_pose"]) for c in clouds]
+    bare_errs = np.array([abs(e.tip_gap - c["tip_gap"]) for e, c in zip(bare, clouds, strict=True)
+                          if e.valid])  # fmt: skip
+    bare_errs = bare_errs if len(bare_errs) else np.array([np.nan])
     return {
+        "twin_unlabelled_invalid": sum(not e.valid for e in bare),
+        "twin_unlabelled_tip_gap_mae_mm": float(1000 * bare_errs.mean()),
         "twin_clouds": len(clouds),
         "twin_invalid": invalid,
         "twin_tip_gap_mae_mm": float(1000 * errs_a.mean()),

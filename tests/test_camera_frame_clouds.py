@@ -3,7 +3,7 @@
 A real RGB-D driver publishes its cloud in the camera frame. The perception node then maps the cloud
 into the tool-mount frame with the hand-eye calibration (``camera_in_mount``; by default the twin's
 wrist camera as designed, from the cell model). Such a cloud has no segmentation labels either;
-without them the tip gap is far off (13.8 mm MAE on twin clouds, docs/benchmarks.md), which is not
+without them the tip gap is far off (14.9 mm MAE on twin clouds, docs/benchmarks.md), which is not
 tested here as working.
 """
 
