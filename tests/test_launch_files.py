@@ -166,6 +166,8 @@ def test_sim_launch_runs_the_control_path_real_time_over_shared_memory(monkeypat
                 assert node.env["OPENBLAS_NUM_THREADS"] == "1", name
             else:
                 assert "realtime_priority" not in inline(node), name
+    low = by_name(parse_launch_file(SIM, {"policy": "lowlevel"}))["lowlevel_policy"]
+    assert inline(low)["realtime_priority"] == 40 and low.env["OPENBLAS_NUM_THREADS"] == "1"
     # A caller's own profile wins (node.env holds what differs from the environment the nodes inherit).
     monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", "/etc/my_profile.xml")
     for node in parse_launch_file(SIM):

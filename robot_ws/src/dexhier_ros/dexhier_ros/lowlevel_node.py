@@ -34,6 +34,10 @@ is anchored at that instant, so its first actions, already past, are skipped. Re
 timing in-process (tool state at 5 Hz, 0.25 s late; ``tool_open_to``, 16 seeds) solved 10 episodes
 this way, 7 with the newest of each input (a stale tip gap beside fresh joints), 12 with no delay.
 
+Scheduling: with ``realtime_priority`` > 0 the node's threads run under SCHED_FIFO (see
+``dexhier_ros.scheduling``) and each inference steps down to the normal scheduler while it runs, so
+the control tick preempts it and the rest of the machine is not starved by it.
+
 Safety: when an input is missing or older than its timeout (s on the node's clock, from the
 header stamps: ``obs_timeout`` for joints and cameras, ``tool_timeout`` for the tool state,
 ``goal_timeout`` for the goal) the node publishes nothing, so the safety supervisor holds after its
@@ -65,6 +69,7 @@ from trajectory_msgs.msg import JointTrajectory
 from dexhier import vocabulary as V
 from dexhier_ros import messages as M
 from dexhier_ros.runtime import log_summary, parameter, run_node
+from dexhier_ros.scheduling import apply_realtime_priority, default_scheduler
 from policies.low_level import ChunkBuffer, LowLevelPolicy
 
 TIP_GAP = V.TOOL_STATE_NAMES[0]  # "tip_gap" on /dexhier/tool_state and /dexhier/tool_goal
@@ -77,6 +82,8 @@ HISTORY_S = 2.0  # s of joint states and images kept to pair with a tool state
 class LowLevelPolicyNode(Node):
     def __init__(self) -> None:
         super().__init__("lowlevel_policy")
+        # The control tick real-time (if asked); inference steps down to the normal scheduler each time.
+        apply_realtime_priority(self, parameter(self, "realtime_priority", 0))
         checkpoint = parameter(self, "checkpoint", "checkpoints/lowlevel")
         rate = parameter(self, "control_hz", 20.0)
         ensemble = parameter(self, "temporal_ensemble", False)
@@ -105,7 +112,8 @@ class LowLevelPolicyNode(Node):
         self.topics = {**TOPICS, **self.cameras}
         self.buffer = ChunkBuffer(cfg.exec_steps, cfg.temporal_ensemble, cfg.ensemble_decay)
         self.dt = 1.0 / rate
-        self._warm_up()
+        with default_scheduler():  # tracing the network: bulk work
+            self._warm_up()
         # Torch's objects make full garbage collections slow; moved out of the collector's sight,
         # they no longer pause the control thread now and then.
         gc.collect()
@@ -357,7 +365,8 @@ class LowLevelPolicyNode(Node):
             obs, goal, start, stamp = snapshot
             self.obs_age_ms.append(1000 * (self._now() - stamp))
             t0 = time.perf_counter()
-            chunk = self.policy.predict_chunk(obs, goal, generator)
+            with default_scheduler():  # bulk work, never ahead of a control tick
+                chunk = self.policy.predict_chunk(obs, goal, generator)
             self.inference_ms.append(1000 * (time.perf_counter() - t0))
             with self.lock:
                 if generation != self.generation:
