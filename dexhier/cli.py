@@ -484,7 +484,7 @@ def cmd_bench_ros(args: argparse.Namespace) -> int:
     print(f"bench ros: the sim graph for {args.duration:g} s at real-time factor {args.real_time_factor:g}",
           file=sys.stderr)  # fmt: skip
     result = bench_ros(args.duration, args.real_time_factor, perception=not args.no_perception,
-                       realtime_priority=args.realtime_priority)  # fmt: skip
+                       realtime_priority=args.realtime_priority, policy=args.policy)  # fmt: skip
     _print_figures(result, 28, 3)
     _emit(args, result)
     return 0
@@ -872,6 +872,11 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--duration", type=float, default=60.0, help="seconds of measurement (default: 60)")
     br.add_argument("--real-time-factor", type=float, default=1.0, help="twin speed (default: 1)")
     br.add_argument("--no-perception", action="store_true", help="leave the perception node out")
+    br.add_argument(
+        "--policy", choices=("expert", "lowlevel"), default="expert",
+        help="expert: the privileged expert on tweezer_pick (default); lowlevel: the learned low level on "
+        "tool_open_to with oracle goals",
+    )  # fmt: skip
     br.add_argument(
         "--realtime-priority", type=int, default=40,
         help="SCHED_FIFO priority of the control path (twin, policy, supervisor) and of the probe, as the "

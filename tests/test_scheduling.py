@@ -116,3 +116,12 @@ def test_bench_ros_measures_the_graph_in_steady_control():
     assert 60 <= result["control_steps"] <= 100, result
     assert result["forwarded_commands"] >= 0.8 * result["control_steps"], result
     assert math.isfinite(result["e2e_p50_ms"]) and 0 < result["e2e_p50_ms"] < 50, result
+
+
+def test_bench_ros_refuses_an_unknown_policy_or_the_low_level_without_perception():
+    from dexhier.ros_bench import bench_ros
+
+    with pytest.raises(ValueError, match="expected one of expert, lowlevel"):
+        bench_ros(duration=1.0, policy="hierarchical")
+    with pytest.raises(ValueError, match="keep perception on"):
+        bench_ros(duration=1.0, perception=False, policy="lowlevel")
