@@ -17,8 +17,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-OUTCOMES = ("success", "failure", "timeout", "stopped")
-
 
 class EpisodeStateError(RuntimeError):
     """The request does not fit the current state (start while running, mark while idle)."""

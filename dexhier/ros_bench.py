@@ -49,6 +49,12 @@ BENCH_POLICIES = {
 }
 
 
+def _received_at(info) -> float:
+    """System-clock s at which the middleware received a message (now, if it gave no stamp)."""
+    stamp = info["received_timestamp"]
+    return stamp * 1e-9 if stamp > 0 else time.time()
+
+
 class _Probe(threading.Thread):
     def __init__(self, duration: float, realtime_priority: int = 0) -> None:
         super().__init__(daemon=True)
@@ -59,20 +65,17 @@ class _Probe(threading.Thread):
         self.states: list[float] = []  # twin states
         self.forwarded: list[float] = []  # forwarded (safe) arm commands
         self.resets: list[float] = []
-        self.started = threading.Event()  # the first episode (not the idle start-up scene) began
-        self.started_at = float("inf")
+        self.started_at = float("inf")  # when the first episode (not the idle start-up scene) began
         self.window_start = float("inf")  # system-clock s at which the measurement window opened
         self.complete = False  # the whole duration was measured
         self.done = threading.Event()
         self.error: str | None = None
 
     def _on_episode(self, msg, info) -> None:
-        stamp = info["received_timestamp"]
-        self.resets.append(stamp * 1e-9 if stamp > 0 else time.time())
+        self.resets.append(_received_at(info))
         try:
-            if int(json.loads(msg.data)["episode"]) >= 1 and not self.started.is_set():
+            if int(json.loads(msg.data)["episode"]) >= 1 and self.started_at == float("inf"):
                 self.started_at = self.resets[-1]
-                self.started.set()
         except (ValueError, KeyError, TypeError):
             pass
 
@@ -94,17 +97,11 @@ class _Probe(threading.Thread):
         context = rclpy.Context()
         rclpy.init(context=context)
         node = Node("ros_bench_probe", context=context)
-        now = time.time  # the clock of the middleware's reception stamps
 
         def arrival(log: list[float]):
             """Callback logging when the middleware received each message: a C++ controller would see
             it then, and this probe's own Python executor delays are left out of the figures."""
-
-            def on_message(msg, info) -> None:
-                stamp = info["received_timestamp"]
-                log.append(stamp * 1e-9 if stamp > 0 else now())
-
-            return on_message
+            return lambda msg, info: log.append(_received_at(info))
 
         q = QoSProfile(depth=100)
         sensor = qos_profile_sensor_data
@@ -121,18 +118,18 @@ class _Probe(threading.Thread):
             # and the policy loads that episode's scene. Deadlines on the monotonic clock; the samples
             # are middleware stamps (system clock).
             deadline = time.monotonic() + START_TIMEOUT_S
-            while not (self.started.is_set() and self.forwarded and self.forwarded[-1] > self.started_at):
+            while not (self.forwarded and self.forwarded[-1] > self.started_at):
                 if time.monotonic() > deadline:
-                    self.error = f"no command within {START_TIMEOUT_S:g} s" + (
-                        " of the first episode's start" if self.started.is_set() else " (no episode started)"
-                    )
+                    started = self.started_at < float("inf")
+                    where = " of the first episode's start" if started else " (no episode started)"
+                    self.error = f"no command within {START_TIMEOUT_S:g} s{where}"
                     return
                 executor.spin_once(timeout_sec=0.05)
             # The first second of commands is warm-up, left out like the second after a reset.
             warm_up_end = time.monotonic() + RESET_WINDOW_S
             while time.monotonic() < warm_up_end:
                 executor.spin_once(timeout_sec=0.01)
-            self.window_start = now()  # samples stamped earlier but handled later are dropped
+            self.window_start = time.time()  # samples stamped earlier but handled later are dropped
             for k in (self.frames, self.states, self.forwarded, self.resets):
                 k.clear()
             end = time.monotonic() + self.duration
@@ -158,6 +155,8 @@ def bench_ros(
     ``policy``: ``expert`` (``tweezer_pick``) or ``lowlevel`` (the learned low level on
     ``tool_open_to`` with oracle goals; it needs perception).
     """
+    if not 0 <= realtime_priority <= 99:
+        raise ValueError(f"realtime priority {realtime_priority} outside 0..99 (0 = off)")
     if policy not in BENCH_POLICIES:
         raise ValueError(f"policy {policy!r}: expected one of {', '.join(BENCH_POLICIES)}")
     if policy == "lowlevel" and not perception:

@@ -118,10 +118,12 @@ def test_bench_ros_measures_the_graph_in_steady_control():
     assert math.isfinite(result["e2e_p50_ms"]) and 0 < result["e2e_p50_ms"] < 50, result
 
 
-def test_bench_ros_refuses_an_unknown_policy_or_the_low_level_without_perception():
+def test_bench_ros_refuses_an_unknown_policy_a_bad_priority_or_the_low_level_without_perception():
     from dexhier.ros_bench import bench_ros
 
     with pytest.raises(ValueError, match="expected one of expert, lowlevel"):
         bench_ros(duration=1.0, policy="hierarchical")
     with pytest.raises(ValueError, match="keep perception on"):
         bench_ros(duration=1.0, perception=False, policy="lowlevel")
+    with pytest.raises(ValueError, match="outside 0..99"):
+        bench_ros(duration=1.0, realtime_priority=120)

@@ -50,7 +50,6 @@ topic, dropping the plans whenever the inputs go stale is what separates episode
 from __future__ import annotations
 
 import collections
-import gc
 import json
 import sys
 import threading
@@ -114,10 +113,6 @@ class LowLevelPolicyNode(Node):
         self.dt = 1.0 / rate
         with default_scheduler():  # tracing the network: bulk work
             self._warm_up()
-        # Torch's objects make full garbage collections slow; moved out of the collector's sight,
-        # they no longer pause the control thread now and then.
-        gc.collect()
-        gc.freeze()
 
         self.lock = threading.Lock()  # guards the inputs, their history, the episode and the generator
         self.inputs: dict[str, tuple[object, float]] = {}  # key -> newest (value, header stamp s)
@@ -219,13 +214,14 @@ class LowLevelPolicyNode(Node):
         try:
             if msg.encoding not in ("rgb8", "bgr8"):
                 raise M.MessageError(f"encoding {msg.encoding!r}, expected rgb8 or bgr8")
-            resize = self.resize_images and (msg.width, msg.height) != (self.size, self.size)
-            if (msg.width, msg.height) != (self.size, self.size) and not resize:
-                raise M.MessageError(
-                    f"{msg.width}x{msg.height} image, the policy takes {self.size}x{self.size} "
-                    "(resize_images:=true fits a camera's image to it)"
-                )
-            img = M.fit_image(M.image_array(msg), self.size) if resize else M.image_array(msg)
+            img = M.image_array(msg)
+            if img.shape[:2] != (self.size, self.size):
+                if not self.resize_images:
+                    raise M.MessageError(
+                        f"{msg.width}x{msg.height} image, the policy takes {self.size}x{self.size} "
+                        "(resize_images:=true fits a camera's image to it)"
+                    )
+                img = M.fit_image(img, self.size)
         except M.MessageError as err:
             return self._once("bad:" + key, f"rejected {self.topics[key]}: {err}")
         self._ok("bad:" + key)

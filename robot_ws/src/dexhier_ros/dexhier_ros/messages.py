@@ -172,23 +172,17 @@ def image_array(msg: Image) -> np.ndarray:
 
 
 def fit_image(image: np.ndarray, size: int) -> np.ndarray:
-    """A camera's uint8 (H, W, 3) image at a policy's input size: the centred largest square, each
-    output pixel the mean of its block of it. MessageError if the image is smaller than ``size``."""
+    """A camera's uint8 (H, W, 3) RGB image at a policy's input size: the centred largest square,
+    area-resized as the subgoal generator resizes its inputs. MessageError if smaller than ``size``."""
     h, w = image.shape[:2]
     side = min(h, w)
     if side < size:
         raise MessageError(f"{w}x{h} image, smaller than the {size}x{size} the policy takes")
     y0, x0 = (h - side) // 2, (w - side) // 2
-    square = image[y0 : y0 + side, x0 : x0 + side].astype(np.float64)
-    if side == size:
-        return image[y0 : y0 + side, x0 : x0 + side].copy()
-    integral = np.zeros((side + 1, side + 1, image.shape[2]))
-    integral[1:, 1:] = square.cumsum(0).cumsum(1)
-    edges = (np.arange(size + 1) * side) // size
-    lo, hi = edges[:-1], edges[1:]
-    total = integral[hi][:, hi] - integral[lo][:, hi] - integral[hi][:, lo] + integral[lo][:, lo]
-    area = np.outer(hi - lo, hi - lo)[..., None]
-    return np.clip(np.round(total / area), 0, 255).astype(np.uint8)
+    square = np.ascontiguousarray(image[y0 : y0 + side, x0 : x0 + side])
+    from policies.high_level.generator import resize_image  # only a cell's cameras need it
+
+    return resize_image(square, size)
 
 
 def camera_info(intr: Intrinsics, stamp: float, frame_id: str) -> CameraInfo:

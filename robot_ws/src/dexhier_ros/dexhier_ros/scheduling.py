@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 from rclpy.node import Node
 
@@ -32,25 +32,27 @@ def process_threads() -> list[int]:
     return sorted(int(t) for t in os.listdir("/proc/self/task"))
 
 
-def set_fifo(priority: int, exclude: Iterable[int] = ()) -> list[int]:
-    """Move this process's threads (but ``exclude``, native thread ids) to SCHED_FIFO at ``priority``.
+def set_fifo(priority: int) -> list[int]:
+    """Move this process's threads to SCHED_FIFO at ``priority``.
 
     Threads created later inherit the policy of the thread that creates them. Returns the thread ids
     changed. Raises ValueError for a priority outside 1..99 and PermissionError without the right.
     """
     if not 1 <= priority <= MAX_PRIORITY:
         raise ValueError(f"realtime priority {priority} outside 1..{MAX_PRIORITY}")
-    skip = set(exclude)
     changed = []
     for tid in process_threads():
-        if tid in skip:
-            continue
         try:
             os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
         except ProcessLookupError:  # the thread ended meanwhile
             continue
         changed.append(tid)
     return changed
+
+
+def leave_realtime() -> None:
+    """Put the calling thread on the normal time-sharing scheduler (always permitted)."""
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
 @contextlib.contextmanager
@@ -64,7 +66,7 @@ def default_scheduler() -> Iterator[None]:
         yield
         return
     param = os.sched_getparam(0)
-    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    leave_realtime()
     try:
         yield
     finally:

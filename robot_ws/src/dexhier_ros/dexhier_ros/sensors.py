@@ -10,7 +10,6 @@ cloud a dropped snapshot was due for is rendered from the next one instead.
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from sensor_msgs.msg import CameraInfo, PointCloud2, PointField
 
 from dexhier import vocabulary as V
 from dexhier_ros import messages as M
+from dexhier_ros.scheduling import leave_realtime
 from perception.pointcloud2 import to_pointcloud2
 from sim.camera import camera_intrinsics, camera_pose, depth_to_points
 from sim.cell import SCENE_CAMERA, WRIST_CAMERA, segmentation_table
@@ -124,8 +124,7 @@ class SensorPublisher(threading.Thread):
         try:
             # Rendering is bulk work: off the control tick's real-time priority (if it has one), and so
             # are the renderer's own threads, which inherit this thread's scheduler.
-            if os.sched_getscheduler(0) != os.SCHED_OTHER:
-                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            leave_realtime()
             while (snap := self._queue.get()) is not None:
                 self._prepare(snap.model)
                 if snap.camera:

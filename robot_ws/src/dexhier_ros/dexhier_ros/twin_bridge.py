@@ -87,7 +87,7 @@ class TwinBridge(Node):
     def __init__(self) -> None:
         super().__init__("twin_bridge")
         # Before any worker thread starts: they inherit it (the sensor thread then steps down itself).
-        self.realtime_priority = apply_realtime_priority(self, parameter(self, "realtime_priority", 0))
+        apply_realtime_priority(self, parameter(self, "realtime_priority", 0))
         self.task = parameter(self, "task", "tweezer_pick")
         self.seed = parameter(self, "seed", 0)
         self.rtf = parameter(self, "real_time_factor", 1.0)
