@@ -118,3 +118,19 @@ def test_fit_image_crops_the_centred_square_and_averages_blocks():
     assert np.array_equal(fit_image(img[:, 8:56], 48), img[:, 8:56])  # already at size: unchanged
     with pytest.raises(MessageError, match="smaller than the 64x64"):
         fit_image(img, 64)
+
+
+def test_only_a_failed_take_counts_as_a_dropped_message_not_a_callback_error():
+    from dexhier_ros.runtime import _failed_take
+
+    def _take_subscription():  # where rclpy's executor takes a message off the middleware
+        raise RuntimeError("Unable to convert call argument '0' to Python object")
+
+    def on_message():  # a node's own callback
+        raise RuntimeError("a bug in the callback")
+
+    for fn, expected in ((_take_subscription, True), (on_message, False)):
+        try:
+            fn()
+        except RuntimeError as err:
+            assert _failed_take(err) is expected

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import gc
 import sys
+import traceback
 from collections.abc import Callable
 
 import rclpy
-from rclpy.executors import Executor, ExternalShutdownException
+from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 
@@ -20,7 +21,8 @@ def run_node(
 
     ``executor`` is an executor or a factory of one (``lambda: MultiThreadedExecutor(2)``): an
     executor needs an initialized context, so one built before this call's ``rclpy.init`` fails;
-    the factory is called after it. None spins the node on the default single-threaded executor.
+    the factory is called after it. None spins the node on a single-threaded executor. A message the
+    middleware fails to hand over (the take itself raises) is dropped with a warning.
 
     A callback that was running when the context shut down may fail to publish; that is part of a
     normal shutdown and is not reported as a crash.
@@ -35,11 +37,19 @@ def run_node(
         gc.collect()
         gc.freeze()
         if executor is None:
-            rclpy.spin(node)
+            running = SingleThreadedExecutor()
         else:
             running = executor if isinstance(executor, Executor) else executor()
-            running.add_node(node)
-            running.spin()
+        running.add_node(node)
+        while rclpy.ok():
+            try:
+                running.spin_once(timeout_sec=0.1)
+            except RuntimeError as err:
+                if not _failed_take(err):
+                    raise
+                # Seen with shared-memory transport while a publisher's process exits: one unreadable
+                # sample is bad input, not a reason for the subscriber to die.
+                node.get_logger().warning(f"dropped a message the middleware could not hand over: {err}")
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
@@ -56,6 +66,12 @@ def run_node(
             if node is not None:
                 node.destroy_node()
             rclpy.try_shutdown()
+
+
+def _failed_take(err: RuntimeError) -> bool:
+    """Whether ``err`` came from taking a message off the middleware (not from a callback)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and frames[-1].name.startswith("_take_")
 
 
 def log_summary(node: Node, text: str) -> None:
