@@ -148,10 +148,10 @@ _HIERARCHY_FLAGS = ("checkpoint", "exec_steps", "temporal_ensemble", "generator"
 _POLICY_FLAGS = {"expert": (), "lowlevel": _LOWLEVEL_FLAGS, "hierarchical": _HIERARCHY_FLAGS}
 
 
-def _default_lowlevel(policy: str) -> Path:
-    from dexhier.hierarchical_rollout import DEFAULT_LOWLEVEL as HIERARCHY_LOWLEVEL
+def _default_lowlevel(policy: str, task: str) -> Path:
+    from dexhier.hierarchical_rollout import default_lowlevel
 
-    return Path(HIERARCHY_LOWLEVEL) if policy == "hierarchical" else DEFAULT_LOWLEVEL
+    return Path(default_lowlevel(task)) if policy == "hierarchical" else DEFAULT_LOWLEVEL
 
 
 def _policy_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -166,7 +166,7 @@ def _policy_options(args: argparse.Namespace) -> dict[str, Any]:
         users = [p for p, flags in _POLICY_FLAGS.items() if foreign[0] in flags]
         raise ValueError(f"--{foreign[0].replace('_', '-')} applies to --policy {' / '.join(users)} only")
     if "checkpoint" in mine:
-        given.setdefault("checkpoint", str(_default_lowlevel(args.policy)))
+        given.setdefault("checkpoint", str(_default_lowlevel(args.policy, args.task)))
     return given
 
 
@@ -246,7 +246,7 @@ def cmd_eval_hierarchy(args: argparse.Namespace) -> int:
             for k in ("checkpoint", "generator", "filter", "value", "affordance", "candidates",
                       "replan_every")
             if (v := getattr(args, k, None)) is not None}  # fmt: skip
-    base.setdefault("checkpoint", str(_default_lowlevel("hierarchical")))
+    base.setdefault("checkpoint", str(_default_lowlevel("hierarchical", args.task)))
     summaries = {}
     for name in args.variants:
         options = {**base, **VARIANTS[name]}
@@ -387,6 +387,8 @@ def _train_high_level(args: argparse.Namespace, what: str) -> int:
         "value": (T.ReachabilityTrainConfig, T.train_reachability, "the reachability estimate"),
     }[what]
     extra = {"horizon": args.horizon} if what == "value" else {}
+    if what == "subgoal" and args.init_from:
+        extra["init_from"] = str(args.init_from)
     cfg = recipe(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                  checkpoint_every=args.checkpoint_every, camera=args.camera, image_size=args.image_size,
                  offsets=tuple(args.offsets), **extra)  # fmt: skip
@@ -498,7 +500,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             policy = "the learned low-level policy (checkpoints/lowlevel) with oracle goals from the expert"
         if args.policy == "hierarchical":
             policy = ("the learned hierarchy (perception, subgoal generator + progress filter, "
-                      "checkpoints/lowlevel_pick) as library objects")  # fmt: skip
+                      f"{_default_lowlevel('hierarchical', args.task)}) as library objects")  # fmt: skip
         print(f"dexhier demo: {policy} solves '{args.task}' in the MuJoCo twin, in-process "
               f"({args.episodes} seeded episodes, {args.workers} workers)")  # fmt: skip
         ns = argparse.Namespace(
@@ -618,7 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         type=Path,
         default=None,
-        help=f"policy checkpoint (default: {DEFAULT_LOWLEVEL}; checkpoints/lowlevel_ddpm is the peer)",
+        help=f"policy checkpoint (default: {DEFAULT_LOWLEVEL}; checkpoints/lowlevel_ddpm is the peer; "
+        "with --policy hierarchical checkpoints/lowlevel_pick, or lowlevel_pick_place for that task)",
     )
     ll.add_argument(
         "--goal-source",
@@ -682,7 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     eh.add_argument("--report", type=Path, default=None, help="markdown report path (default: out/eval/...)")
     eh.add_argument("--checkpoint", type=Path, default=None,
-                    help="low level (default: checkpoints/lowlevel_pick)")  # fmt: skip
+                    help="low level (default: checkpoints/lowlevel_pick; checkpoints/lowlevel_pick_place "
+                    "for tweezer_pick_place)")  # fmt: skip
     _hierarchy_flags(eh, ablation=True)
     add_json(eh)
     eh.set_defaults(func=cmd_eval_hierarchy)
@@ -735,7 +739,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--init-from",
         type=Path,
         default=None,
-        help="start from this low-level checkpoint's weights and normalization (fine-tuning)",
+        help="start from this low-level checkpoint's weights and normalization, widened to cover the "
+        "data (fine-tuning)",
     )
     tl.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     tl.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
@@ -751,6 +756,9 @@ def build_parser() -> argparse.ArgumentParser:
         "same command again; runs unchanged under torchrun --nproc_per_node N.",
     )
     _high_level_train_args(ts, steps=6000, batch=64)
+    ts.add_argument("--init-from", type=Path, default=None,
+                    help="start from this generator checkpoint's weights (fine-tuning; a task it does not "
+                    "know starts from its null task)")  # fmt: skip
     ts.set_defaults(func=cmd_train_subgoal)
 
     tf = tr_sub.add_parser(

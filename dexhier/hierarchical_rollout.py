@@ -23,6 +23,15 @@ SUBGOAL_SOURCES = ("generated", "oracle", "oracle_lowres")
 DEFAULT_LOWLEVEL = "checkpoints/lowlevel_pick"
 """The low level trained on pick data only: 36 % on tweezer_pick with oracle goals, against 4 % for
 ``checkpoints/lowlevel`` (which also knows tool_open_to)."""
+TASK_LOWLEVEL = {"tweezer_pick_place": "checkpoints/lowlevel_pick_place"}
+"""Tasks with a low level of their own (fine-tuned from ``lowlevel_pick`` on pick-and-place data)."""
+
+
+def default_lowlevel(task: str) -> str:
+    """The low-level checkpoint the hierarchy uses for ``task`` by default."""
+    return TASK_LOWLEVEL.get(task, DEFAULT_LOWLEVEL)
+
+
 DEFAULT_GENERATOR = "checkpoints/subgoal"
 DEFAULT_FILTER = "checkpoints/subgoal_filter"
 DEFAULT_VALUE = "checkpoints/subgoal_value"

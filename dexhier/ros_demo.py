@@ -78,7 +78,7 @@ def run_demo(
         "video_dir": str(out / "videos"), "video_episodes": str(videos), "policy": policy,
     }  # fmt: skip
     if policy == "hierarchical":
-        args["lowlevel_checkpoint"] = str(ROOT / H.DEFAULT_LOWLEVEL)
+        args["lowlevel_checkpoint"] = str(ROOT / H.default_lowlevel(task))
     domain = os.environ["ROS_DOMAIN_ID"]
     profile = Path(os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]).name
     print(f"launching {SIM_LAUNCH.relative_to(ROOT)} (ROS_DOMAIN_ID={domain}, discovery on loopback only, "
@@ -99,7 +99,7 @@ def run_demo(
     if policy == "lowlevel":
         options["checkpoint"] = str(ROOT / "checkpoints" / "lowlevel")
     if policy == "hierarchical":  # absolute paths: the options are checked wherever the demo runs
-        paths = {"checkpoint": H.DEFAULT_LOWLEVEL, "generator": H.DEFAULT_GENERATOR,
+        paths = {"checkpoint": H.default_lowlevel(task), "generator": H.DEFAULT_GENERATOR,
                  "filter": H.DEFAULT_FILTER, "affordance": H.DEFAULT_AFFORDANCE}  # fmt: skip
         options = {k: str(ROOT / v) for k, v in paths.items()}
     req = EvalRequest(policy=policy, task=task, episodes=max(1, len(results)), seed=seed, options=options)

@@ -34,6 +34,13 @@ class MinMaxNormalizer:
             lo[key], hi[key] = a.min(0), a.max(0)
         return cls(lo, hi)
 
+    def union(self, other: MinMaxNormalizer) -> MinMaxNormalizer:
+        """Statistics that cover both ranges (fine-tuning on data outside the start's range)."""
+        if set(self.lo) != set(other.lo):
+            raise ValueError(f"normalizers of other keys: {sorted(self.lo)} vs {sorted(other.lo)}")
+        lo = {k: np.minimum(self.lo[k], other.lo[k]) for k in self.lo}
+        return MinMaxNormalizer(lo, {k: np.maximum(self.hi[k], other.hi[k]) for k in self.hi})
+
     def _scale(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         if key not in self.lo:
             raise KeyError(f"no normalization statistics for {key!r}; have {sorted(self.lo)}")

@@ -80,6 +80,8 @@ class Task(ABC):
     time_limit: ClassVar[float]
     """Episode time limit, s."""
     width_range: ClassVar[tuple[float, float]] = (0.004, 0.025)
+    place_xy: ClassVar[tuple[float, float] | None] = None
+    """Where the object must be released, base frame (m): a fixture of the cell; None for no place."""
     """Object widths this task samples, m (widths up to 0.03 m exist, but need the full opening)."""
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -171,6 +173,7 @@ class TweezerPickPlace(Task):
 
     name = "tweezer_pick_place"
     time_limit = 14.0
+    place_xy = BIN_CENTER
     hold_time = 0.25
 
     def instruction_for(self, obj: ObjectParams, target_gap: float | None) -> str:

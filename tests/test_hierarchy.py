@@ -74,6 +74,31 @@ def test_stages_approach_close_lift_and_retry_when_the_object_is_lost() -> None:
     assert d.stage == "lift" and d.retries == 1
 
 
+def test_place_stage_releases_over_the_place_point_only() -> None:
+    cfg = StageConfig(close_steps=1, lost_steps=2, place_xy=(0.4, 0.3), place_steps=2)
+    tr = StageTracker(cfg)
+    tr.update(estimate(0.05))
+    tr.update(estimate(0.005))
+    assert tr.update(estimate(0.006)).stage == "lift"
+    far, over, high = np.array([0.2, 0.0, 0.1]), np.array([0.41, 0.31, 0.1]), np.array([0.4, 0.3, 0.3])
+    for tip in (far, over, high, far, None, over):  # never twice in a row over the point
+        d = tr.update(estimate(0.006), tip)
+        assert d.stage == "lift" and d.tool_goal == pytest.approx(0.012)  # still squeezing
+    d = tr.update(estimate(0.006), over)
+    assert d.stage == "place" and d.changed and d.tool_goal == pytest.approx(0.03)  # open fully
+    for _ in range(5):  # the released object leaves the cloud: no retry after a place
+        d = tr.update(estimate(None), far)
+    assert d.stage == "place" and d.retries == 0
+    with pytest.raises(ValueError, match="tip_position"):
+        StageTracker(cfg).update(estimate(0.006), np.array([0.4, np.nan, 0.1]))
+    pick = StageTracker(replace(cfg, place_xy=None))  # a pick task never places
+    for _ in range(4):
+        pick.update(estimate(0.005), over)
+    assert pick.stage == "lift"
+    with pytest.raises(ValueError, match="place_xy"):
+        StageConfig(place_xy=(0.4,))
+
+
 def test_invalid_estimates_hold_the_stage_and_openings_use_a_median() -> None:
     tr = StageTracker(StageConfig())
     assert np.isnan(tr.update(None).tool_goal)  # nothing seen yet: no goal, the controller holds

@@ -348,3 +348,16 @@ def test_minmax_rejects_nan_and_unknown_keys(norm_data) -> None:
     n = MinMaxNormalizer.fit(norm_data)
     with pytest.raises(KeyError, match="goal_gap"):
         n.normalize("goal_gap", np.zeros(1))
+
+
+def test_minmax_union_covers_both_ranges(norm_data) -> None:
+    a = MinMaxNormalizer.fit(norm_data)
+    shifted = {k: v + 10.0 for k, v in norm_data.items()}
+    u = a.union(MinMaxNormalizer.fit(shifted))
+    for key in norm_data:
+        for data in (norm_data[key], shifted[key]):
+            z = u.normalize(key, data)
+            varying = np.ptp(norm_data[key], axis=0) > 0
+            assert np.all(np.abs(z[:, varying]) <= 1.0 + 1e-12)
+    with pytest.raises(ValueError, match="other keys"):
+        a.union(MinMaxNormalizer.fit({"action": norm_data["action"]}))

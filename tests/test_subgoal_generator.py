@@ -125,6 +125,33 @@ def test_training_learns_resumes_and_refuses_another_recipe(tmp_path, data_dir):
     assert gen.config.tasks == ("slide_a", "slide_b")
 
 
+def test_init_from_maps_task_embeddings_by_name(tmp_path, data_dir):
+    cfg = SubgoalTrainConfig(steps=2, batch_size=4, checkpoint_every=2, val_episodes=0.0, image_size=16,
+                             channels=(16, 32), offsets=(2, 4), warmup=1)  # fmt: skip
+    train_subgoal([data_dir], tmp_path / "start", cfg, log=lambda m: None)
+    start = SubgoalGenerator.load(tmp_path / "start")
+    more = tmp_path / "more"  # a third task, sorted between the two known ones
+    w = EpisodeWriter(more, {"cameras": ["scene"]})
+    with w.begin(0, {"task": "slide_ab"}) as rec:
+        for t in range(16):
+            rec.add_step({V.rgb_key("scene"): _moving_square(t), V.STEP_TIME: 0.05 * t})
+        rec.commit(True)
+    tuned = SubgoalTrainConfig(**{**cfg.__dict__, "init_from": str(tmp_path / "start")})
+    trainer = SubgoalTrainer([data_dir, more], tmp_path / "tuned", tuned)
+    assert trainer.gen_cfg.tasks == ("slide_a", "slide_ab", "slide_b")
+    old = start.unet.state_dict()
+    new = trainer.model.unet.state_dict()
+    rows_old, rows_new = old["class_embedding.weight"], new["class_embedding.weight"]
+    for i, j in ((0, 0), (2, 1), (1, 2), (3, 2)):  # new row <- old row: a, ab (null), b, null
+        assert torch.equal(rows_new[i], rows_old[j])
+    assert all(torch.equal(new[k], old[k]) for k in old if k != "class_embedding.weight")
+    assert torch.equal(trainer.ema.state_dict()["class_embedding.weight"], rows_new)
+    with pytest.raises(ValueError, match="another network"):
+        SubgoalTrainer([data_dir], tmp_path / "x", SubgoalTrainConfig(**{**tuned.__dict__, "image_size": 32}))
+    with pytest.raises(FileNotFoundError, match="init-from"):
+        SubgoalTrainConfig(init_from=str(tmp_path / "missing"))
+
+
 # --- the subgoal filter --------------------------------------------------------------------------
 
 

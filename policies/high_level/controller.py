@@ -111,12 +111,15 @@ class SubgoalPlanner:
         self._step = 0
         self._gen = torch.Generator().manual_seed(int(seed))
 
-    def update(self, image: np.ndarray, estimate: AffordanceEstimate | None) -> Subgoal:
-        """One control step: track the stage and replan when due. ``image`` uint8 (H, W, 3)."""
+    def update(
+        self, image: np.ndarray, estimate: AffordanceEstimate | None, tip_position: np.ndarray | None = None
+    ) -> Subgoal:
+        """One control step: track the stage and replan when due. ``image`` uint8 (H, W, 3);
+        ``tip_position`` the tip centre in the base frame (3,), m (for the place stage)."""
         x = images_to_model(image, self.size) if self.generator is not None else None
         if x is not None and x.shape[0] != 1:
             raise ValueError(f"one image (H, W, 3) expected, got {np.shape(image)}")
-        stage = self.tracker.update(estimate)
+        stage = self.tracker.update(estimate, tip_position)
         cur = self.current
         due = (
             cur is None
@@ -163,8 +166,12 @@ def load_planner(
 
     ``selector`` is the progress classifier (``selection="progress"``) or the reachability
     estimate (``"value"``); it is loaded only when it has something to choose (N > 1), else the
-    selection is ``first``. ``generator=None`` gives a planner that tracks stages only.
+    selection is ``first``. ``generator=None`` gives a planner that tracks stages only. A task
+    with a place point (``sim.tasks``: the bin of ``tweezer_pick_place``) gets the place stage.
     """
+    from sim.tasks import TASKS
+
+    place = TASKS[task].place_xy if task in TASKS else None
     gen = SubgoalGenerator.load(generator, steps=steps) if generator else None
     sel = None
     if gen is not None and selection != "first" and candidates > 1:
@@ -176,7 +183,7 @@ def load_planner(
             else ReachabilityEstimator.load(selector)
         )
     config = PlannerConfig(task=task, candidates=candidates, selection=selection if sel else "first",
-                           replan_every=replan_every)  # fmt: skip
+                           replan_every=replan_every, stages=StageConfig(place_xy=place))  # fmt: skip
     return SubgoalPlanner(config, gen, sel)
 
 
@@ -217,10 +224,9 @@ class HierarchicalController:
             raise ValueError(f"joint positions must be {len(self.joint_names)} finite values, got {q.shape}")
         return q
 
-    def perceive(self, obs: Mapping[str, Any], q: np.ndarray) -> AffordanceEstimate | None:
-        """The affordance estimate of this step's cloud (``q``: the joints, for the mount pose), or
-        None (with ``self.estimate``) if invalid."""
-        pose = self.kinematics.pose(self.joint_names, q)
+    def perceive(self, obs: Mapping[str, Any], pose: np.ndarray) -> AffordanceEstimate | None:
+        """The affordance estimate of this step's cloud (``pose``: the tool mount's (4, 4) pose in the
+        base frame), or None (with ``self.estimate``) if invalid."""
         points = obs.get(V.OBS_POINTS)
         if points is None:
             self.estimate = None
@@ -235,9 +241,11 @@ class HierarchicalController:
     def select_action(self, obs: Mapping[str, Any]) -> np.ndarray:
         """Joint targets (arm then hand, rad) for the next control step."""
         q = self._joints(obs)
-        est = self.perceive(obs, q)
+        pose = self.kinematics.pose(self.joint_names, q)  # the tool mount, by forward kinematics
+        est = self.perceive(obs, pose)
+        tip = pose[:3, :3] @ np.asarray(self.planner.config.stages.tip_in_mount) + pose[:3, 3]
         scene = obs[V.rgb_key(self.scene_camera)]
-        self.subgoal = self.planner.update(scene, est)
+        self.subgoal = self.planner.update(scene, est, tip)
         if self.last_valid is None or not np.isfinite(self.subgoal.tool_goal):
             self.held_steps += 1  # the tool state is unknown: hold rather than guess
             return q

@@ -8,10 +8,16 @@ wrist cloud in the tool-mount frame) — no privileged state:
     approach  open to the encoder's approach opening (object width + margin) and get the object
               between the tips;                                  -> close when it is there
     close     close to the contact opening (the object width);   -> lift after ``close_steps``
-    lift      hold the contact opening while the arm lifts;      -> approach again (a retry) when
-              the object is no longer between the tips for ``lost_steps`` observations
+    lift      hold the contact opening while the arm lifts (and carries);  -> approach again (a
+              retry) when the object is no longer between the tips for ``lost_steps``
+              observations; -> place when a place point is configured and the tips have been
+              over it for ``place_steps`` observations
+    place     open fully to release the object (the last stage)
 
-A retry re-opens the tool and starts over instead of marching on with an empty grasp. Lengths in m.
+A retry re-opens the tool and starts over instead of marching on with an empty grasp. The place
+point is a fixture of the cell (the bin), given in the base frame like a calibration; the tips'
+position comes from the joint states by forward kinematics, so no privileged state either.
+Lengths in m.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import numpy as np
 
 from perception.encoder import AffordanceEstimate
 
-STAGES = ("approach", "close", "lift")
+STAGES = ("approach", "close", "lift", "place")
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,13 @@ class StageConfig:
     """Openings are estimated only from clouds with the object at most this far from the tips."""
     opening_window: int = 15
     """The approach opening is the median of the last this-many trusted estimates."""
+    place_xy: tuple[float, float] | None = None
+    """Where to release the object, base frame (m); None: no place stage (a pick task)."""
+    place_radius: float = 0.03
+    """Release once the tip centre is within this horizontal distance of ``place_xy``..."""
+    place_height: float = 0.14
+    """...and at most this high (m above the base)."""
+    place_steps: int = 3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tip_in_mount", tuple(float(v) for v in self.tip_in_mount))
@@ -54,6 +67,12 @@ class StageConfig:
             raise ValueError("close_steps, lost_steps and opening_window must be >= 1, max_retries >= 0")
         if self.trust_distance <= 0:
             raise ValueError("trust_distance must be > 0")
+        if self.place_xy is not None:
+            object.__setattr__(self, "place_xy", tuple(float(v) for v in self.place_xy))
+            if len(self.place_xy) != 2 or not np.all(np.isfinite(self.place_xy)):
+                raise ValueError(f"place_xy must be 2 finite numbers or None, got {self.place_xy}")
+        if self.place_radius <= 0 or self.place_steps < 1:
+            raise ValueError("place_radius must be > 0 and place_steps >= 1")
 
 
 @dataclass(frozen=True)
@@ -83,16 +102,27 @@ class StageTracker:
         self._lost = 0
         self._openings: list[tuple[float, float]] = []  # trusted (approach, contact) estimates
         self._max_gap: float | None = None
+        self._over_place = 0
 
     def _goal(self) -> float:
+        if self.stage == "place":
+            return float("nan") if self._max_gap is None else float(self._max_gap)
         if self._openings:
             approach, contact = np.median(np.asarray(self._openings), axis=0)
             return float(approach if self.stage == "approach" else contact)
         return float("nan") if self._max_gap is None else float(self._max_gap)
 
-    def update(self, est: AffordanceEstimate | None) -> StageDecision:
-        """Advance on one estimate; an invalid or missing one holds the stage (and counts as unseen)."""
+    def update(self, est: AffordanceEstimate | None, tip_position: np.ndarray | None = None) -> StageDecision:
+        """Advance on one estimate; an invalid or missing one holds the stage (and counts as unseen).
+
+        ``tip_position``: the tip centre in the base frame (3,), m, from forward kinematics; needed
+        only to enter ``place`` (without it a pick-and-place stays in ``lift``).
+        """
         cfg = self.config
+        if tip_position is not None:
+            tip_position = np.asarray(tip_position, dtype=float)
+            if tip_position.shape != (3,) or not np.all(np.isfinite(tip_position)):
+                raise ValueError(f"tip_position must be 3 finite numbers, got {tip_position}")
         before = self.stage
         dist = float("nan")
         if est is not None and est.valid:
@@ -120,7 +150,19 @@ class StageTracker:
             if self._lost >= cfg.lost_steps and self.retries < cfg.max_retries:
                 self.retries += 1
                 self._enter("approach")
+            elif self._over(tip_position):
+                self._over_place += 1
+                if self._over_place >= cfg.place_steps:
+                    self._enter("place")
+            else:
+                self._over_place = 0
         return StageDecision(self.stage, self._goal(), self.retries, self.stage != before, dist)
 
+    def _over(self, tip: np.ndarray | None) -> bool:
+        cfg = self.config
+        if cfg.place_xy is None or tip is None:
+            return False
+        return bool(np.hypot(*(tip[:2] - cfg.place_xy)) <= cfg.place_radius and tip[2] <= cfg.place_height)
+
     def _enter(self, stage: str) -> None:
-        self.stage, self._in_stage, self._lost = stage, 0, 0
+        self.stage, self._in_stage, self._lost, self._over_place = stage, 0, 0, 0

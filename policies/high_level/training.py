@@ -121,6 +121,20 @@ class SubgoalTrainConfig(HighLevelRecipe):
 
     ema_decay: float = 0.999
     channels: tuple[int, ...] = (32, 48, 64)
+    init_from: str | None = None
+    """A generator checkpoint to start from (fine-tuning, e.g. to add a task): its EMA weights,
+    with the class-embedding rows mapped by task name; a task it does not know starts from its
+    null-task row."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.init_from is not None and not (Path(self.init_from) / "config.json").is_file():
+            raise FileNotFoundError(f"--init-from: no generator checkpoint at {self.init_from}")
+
+    def recipe_key(self) -> str:
+        doc = json.loads(super().recipe_key())
+        doc.pop("init_from")  # a resume continues whatever the run started from
+        return json.dumps(doc, sort_keys=True, default=str)
 
 
 class SubgoalTrainer:
@@ -145,14 +159,32 @@ class SubgoalTrainer:
         self.ema.requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.step = 0
-        self._resume()
+        if not self._resume() and cfg.init_from is not None:
+            self._init_from(cfg.init_from)
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank + 7919 * self.step)
         self.rng = np.random.default_rng([cfg.seed, self.rank, self.step])
 
-    def _resume(self) -> None:
+    def _init_from(self, directory: str) -> None:
+        start = SubgoalGenerator.load(directory)
+        old, new = start.config, self.gen_cfg
+        if (old.image_size, old.channels, old.layers_per_block, old.attention) != (
+            new.image_size, new.channels, new.layers_per_block, new.attention
+        ):  # fmt: skip
+            raise ValueError(f"--init-from {directory}: another network or image size than this run's")
+        weights = start.unet.state_dict()
+        key = "class_embedding.weight"
+        rows = weights[key]
+        null = rows[len(old.tasks)]
+        weights[key] = torch.stack(
+            [rows[old.tasks.index(t)] if t in old.tasks else null for t in new.tasks] + [null]
+        )
+        self.model.unet.load_state_dict(weights)
+        self.ema.load_state_dict(weights)
+
+    def _resume(self) -> bool:
         state = load_train_state(self.out)
         if state is None:
-            return
+            return False
         tensors, meta = state
         if meta.get("recipe") != self.cfg.recipe_key() or meta.get("tasks") != list(self.gen_cfg.tasks):
             raise ValueError(
@@ -163,6 +195,7 @@ class SubgoalTrainer:
         self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
         optimizer_from_tensors(self.opt, tensors, meta["optimizer"])
         self.step = int(meta["step"])
+        return True
 
     def generator(self) -> SubgoalGenerator:
         """The EMA weights as a generator (shares the EMA module)."""

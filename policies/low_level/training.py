@@ -123,14 +123,15 @@ class Trainer:
 
     # -------------------------------------------------------------------- state
     def _init_from(self, directory: str) -> None:
-        """Start from a trained checkpoint: its EMA weights for both nets, its normalization."""
+        """Start from a trained checkpoint: its EMA weights for both nets, its normalization widened
+        to cover this run's data (a task that moves elsewhere, e.g. to the bin)."""
         start = LowLevelPolicy.load(directory, traced=False)
         if start.layout != self.layout or start.config.net != self.cfg.policy.net:
             raise ValueError(f"--init-from {directory}: another robot layout or network than this run's")
         weights = start.net.state_dict()
         self.net.load_state_dict(weights)
         self.ema.load_state_dict(weights)
-        self.normalizer = start.normalizer
+        self.normalizer = start.normalizer.union(self.normalizer)
 
     def _resume(self) -> bool:
         """Load the training state in ``out``, if any; True when there was one."""
