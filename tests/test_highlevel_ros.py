@@ -295,3 +295,50 @@ def test_highlevel_node_publishes_goals_and_survives_bad_input(tmp_path):
     assert "episode 1 (seed 3): planner reset" in text and "episode 2 (seed 4): planner reset" in text
     assert world.stages[stage_mark:] and min(s["chosen_at"] for s in world.stages[stage_mark:]) == 0
     assert "planner updates" in text  # the summary at shutdown
+
+
+@pytest.mark.ros
+def test_highlevel_node_gives_the_planner_the_tips_from_joint_states(tmp_path):
+    """A pick-and-place planner needs the tips' position (release over the bin): the node computes it
+    from fresh ``/joint_states`` by forward kinematics; stale or unusable joint states give none."""
+    from dexhier_ros.highlevel_node import HighLevelNode
+    from sensor_msgs.msg import JointState
+
+    from policies.high_level.stages import tip_in_base
+    from sim.kinematics import ToolMountKinematics
+    from sim.twin import TwinConfig, TwinEnv
+
+    gen, filt = tmp_path / "subgoal", tmp_path / "subgoal_filter"
+    from policies.high_level.generator import GeneratorConfig, SubgoalGenerator
+    from policies.high_level.progress import ProgressClassifier, ProgressConfig
+
+    tasks = ("tweezer_pick_place",)
+    SubgoalGenerator(GeneratorConfig(tasks=tasks, image_size=16, channels=(16, 16), norm_groups=8,
+                                     steps=2)).save(gen)  # fmt: skip
+    ProgressClassifier(ProgressConfig(tasks=tasks, image_size=16, channels=(8, 8), hidden=16)).save(filt)
+    env = TwinEnv(TwinConfig(task="tweezer_pick_place", render=False, points=False))
+    obs = env.reset(seed=0)
+    names = [*env.robot.arm_joints, *env.robot.hand_joints]
+    q = np.concatenate([obs[V.OBS_ARM_QPOS], obs[V.OBS_HAND_QPOS]])
+    env.close()
+    rclpy.init(args=["--ros-args", "-p", f"generator:={gen}", "-p", f"filter:={filt}",
+                     "-p", "task:=tweezer_pick_place"])  # fmt: skip
+    try:
+        node = HighLevelNode()
+        assert node.planner.config.stages.place_xy is not None  # the task's bin
+        assert node._tip(10.0) is None  # no joint states yet
+        msg = JointState(name=names, position=list(q))
+        msg.header.stamp = M.to_time(10.0)
+        node._on_joints(msg)
+        expected = tip_in_base(ToolMountKinematics().pose(names, q), node.planner.config.stages.tip_in_mount)
+        np.testing.assert_allclose(node._tip(10.2), expected)
+        assert node._tip(10.0 + node.tool_timeout + 0.1) is None  # stale
+        node._on_joints(JointState(name=names, position=list(q[:3])))  # names and positions differ
+        np.testing.assert_allclose(node._tip(10.2), expected)  # rejected: the last good one stays
+        bad = JointState(name=names[6:], position=list(q[6:]))  # no arm joints
+        bad.header.stamp = M.to_time(11.0)
+        node._on_joints(bad)
+        assert node._tip(11.0) is None
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown()

@@ -27,7 +27,7 @@ from perception.encoder import AffordanceEncoder, AffordanceEstimate
 from policies.high_level.generator import SubgoalGenerator, images_to_model, model_to_images, resize_image
 from policies.high_level.progress import ProgressClassifier
 from policies.high_level.reachability import ReachabilityEstimator
-from policies.high_level.stages import StageConfig, StageTracker
+from policies.high_level.stages import StageConfig, StageTracker, tip_in_base
 
 SELECTIONS = ("progress", "value", "first")
 """How a subgoal is chosen among the candidates: the progress classifier's argmax (GHIL-Glue), the
@@ -243,7 +243,7 @@ class HierarchicalController:
         q = self._joints(obs)
         pose = self.kinematics.pose(self.joint_names, q)  # the tool mount, by forward kinematics
         est = self.perceive(obs, pose)
-        tip = pose[:3, :3] @ np.asarray(self.planner.config.stages.tip_in_mount) + pose[:3, 3]
+        tip = tip_in_base(pose, self.planner.config.stages.tip_in_mount)
         scene = obs[V.rgb_key(self.scene_camera)]
         self.subgoal = self.planner.update(scene, est, tip)
         if self.last_valid is None or not np.isfinite(self.subgoal.tool_goal):

@@ -75,6 +75,12 @@ class StageConfig:
             raise ValueError("place_radius must be > 0 and place_steps >= 1")
 
 
+def tip_in_base(mount_pose: np.ndarray, tip_in_mount: tuple[float, float, float]) -> np.ndarray:
+    """The tip centre in the base frame (3,), m, from the tool mount's (4, 4) pose in that frame."""
+    pose = np.asarray(mount_pose, dtype=float)
+    return pose[:3, :3] @ np.asarray(tip_in_mount) + pose[:3, 3]
+
+
 @dataclass(frozen=True)
 class StageDecision:
     """The tracker's output for one observation. ``tool_goal`` in m; NaN until the tool is seen."""

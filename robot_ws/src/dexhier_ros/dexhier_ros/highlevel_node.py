@@ -13,6 +13,9 @@ A thin adapter over :class:`policies.high_level.controller.SubgoalPlanner` (subg
   :class:`~perception.encoder.AffordanceEstimate` by :func:`estimate_from_tool_state` (the object
   fields only when perception saw the object); older than ``tool_timeout`` it counts as no estimate,
   as an invalid cloud does in-process;
+* ``/joint_states``, for a task with a place point only (``tweezer_pick_place``): the tips'
+  position by forward kinematics, which the stage tracker needs to release over the bin; older
+  than ``tool_timeout`` it counts as unknown (the tracker then keeps squeezing);
 * ``/dexhier/sim/episode``: a new episode resets the planner with the episode's seed and drops the
   inputs stamped before it started (only its number, seed and start clock are read). Episode 0 is
   the twin's idle start-up scene: no goals then, as from ``oracle_goals``. Without that topic (a
@@ -64,6 +67,7 @@ from dexhier_ros.runtime import log_summary, parameter, run_node
 from perception.encoder import AffordanceEstimate
 from policies.high_level.controller import load_planner
 from policies.high_level.generator import resize_image
+from policies.high_level.stages import tip_in_base
 
 TIP_GAP = V.TOOL_STATE_NAMES[0]  # "tip_gap" on /dexhier/tool_state and /dexhier/tool_goal
 FRAMES = {"scene": V.FRAME_SCENE_CAMERA, "wrist": V.FRAME_WRIST_CAMERA}
@@ -148,6 +152,7 @@ class HighLevelNode(Node):
         self.lock = threading.Lock()  # guards everything below up to the publishers
         self.image: _Stamped | None = None
         self.tool: _Stamped | None = None
+        self.joints: _Stamped | None = None  # (names, positions)
         self.seq = 0
         self.used_seq = 0  # the newest image a tick has taken
         self.episode, self.episode_clock, self.generation = None, 0.0, 0
@@ -165,6 +170,12 @@ class HighLevelNode(Node):
         self.create_subscription(Image, self.image_topic, self._on_image, qos_profile_sensor_data)
         self.create_subscription(JointState, V.TOPIC_TOOL_STATE, self._on_tool, QoSProfile(depth=10))
         self.create_subscription(String, V.TOPIC_SIM_EPISODE, self._on_episode, M.EPISODE_QOS)
+        self.kinematics = None
+        if self.planner.config.stages.place_xy is not None:
+            from sim.kinematics import ToolMountKinematics
+
+            self.kinematics = ToolMountKinematics()
+            self.create_subscription(JointState, V.TOPIC_JOINT_STATES, self._on_joints, QoSProfile(depth=10))
         self.create_timer(1.0 / rate, self._tick, MutuallyExclusiveCallbackGroup())
         cfg = self.planner.config
         self.get_logger().info(
@@ -224,6 +235,27 @@ class HighLevelNode(Node):
             if stamp >= self.episode_clock - 1e-6:
                 self.tool = _Stamped(est, stamp, 0)
 
+    def _on_joints(self, msg: JointState) -> None:
+        if len(msg.name) != len(msg.position):
+            return self._warn("joints", f"rejected /joint_states: {len(msg.name)} names, "
+                                        f"{len(msg.position)} positions")  # fmt: skip
+        value = (list(msg.name), np.asarray(msg.position, float))
+        with self.lock:
+            self.joints = _Stamped(value, M.from_time(msg.header.stamp), 0)
+
+    def _tip(self, now: float) -> np.ndarray | None:
+        """The tips' position in the base frame from fresh joint states, else None."""
+        with self.lock:
+            joints = self.joints
+        if self.kinematics is None or joints is None or now - joints.stamp > self.tool_timeout:
+            return None
+        try:
+            pose = self.kinematics.pose(*joints.value)
+        except ValueError as err:  # missing arm joints, NaN
+            self._warn("joints:" + str(err), f"no tip position from /joint_states: {err}")
+            return None
+        return tip_in_base(pose, self.planner.config.stages.tip_in_mount)
+
     def _on_episode(self, msg: String) -> None:
         try:
             doc = json.loads(msg.data)
@@ -268,7 +300,7 @@ class HighLevelNode(Node):
             estimate = tool.value
         try:
             t0 = time.perf_counter()
-            sub = self.planner.update(image.value, estimate)
+            sub = self.planner.update(image.value, estimate, self._tip(now))
             goal = self._goal_image(sub.image)
             self.update_ms.append(1000 * (time.perf_counter() - t0))
         except Exception as err:  # one bad step must not take the goal source down
