@@ -11,6 +11,7 @@ import json
 import multiprocessing as mp
 import os
 import statistics
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -192,6 +193,8 @@ def summarize(req: EvalRequest, results: list[EpisodeResult]) -> dict[str, Any]:
             "success_rate": (sum(r.success for r in sel) / len(sel)) if sel else None,
         }
     successes = sum(r.success for r in results)
+    reached = [r.policy_info["furthest_stage"] for r in results if "furthest_stage" in r.policy_info]
+    stages = {"furthest_stage": dict(sorted(Counter(reached).items()))} if reached else {}
     return {
         "policy": req.policy,
         "options": dict(req.options),
@@ -205,6 +208,7 @@ def summarize(req: EvalRequest, results: list[EpisodeResult]) -> dict[str, Any]:
         "median_episode_sim_s": statistics.median(r.sim_time for r in results),
         "median_episode_wall_s": statistics.median(r.wall_time for r in results),
         "physics_diverged": sum(r.physics_diverged for r in results),
+        **stages,
         "per_episode": [r.to_json() for r in results],
     }
 

@@ -160,3 +160,6 @@ class _EpisodeAdapter:
 
     def video_inset(self) -> np.ndarray | None:
         return self.controller.video_inset()
+
+    def episode_info(self) -> dict[str, Any]:
+        return self.controller.episode_info()

@@ -102,5 +102,13 @@ def write_hierarchy_report(summaries: dict[str, dict[str, Any]], path: Path, com
             )
             cells.append(rate)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if all("furthest_stage" in s for s in summaries.values()):
+        from policies.high_level.stages import STAGES
+
+        lines += ["", "Furthest stage the stage tracker reached (episodes):", "",
+                  "| variant | " + " | ".join(STAGES) + " |", "|---" * (len(STAGES) + 1) + "|"]  # fmt: skip
+        for name, s in summaries.items():
+            counts = [str(s["furthest_stage"].get(st, 0)) for st in STAGES]
+            lines.append(f"| {name} | " + " | ".join(counts) + " |")
     lines += ["", f"![success by width]({svg.name})", ""]
     path.write_text("\n".join(lines))

@@ -34,6 +34,9 @@ class EpisodeResult:
     object: dict = field(default_factory=dict)
     instruction: str = ""
     physics_diverged: bool = False
+    policy_info: dict = field(default_factory=dict)
+    """What the policy says of its episode (``episode_info()``, optional): the hierarchy's furthest
+    stage and retries."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,7 +75,9 @@ def run_episode(
         obs = next_obs
         if terminated or truncated:
             break
+    episode_info = getattr(policy, "episode_info", None)
     return EpisodeResult(
+        policy_info=dict(episode_info()) if callable(episode_info) else {},
         seed=seed,
         task=env.instance.task,
         success=bool(info["success"]),

@@ -229,6 +229,7 @@ def test_controller_holds_until_perception_is_valid_then_uses_perceived_state_an
     ctl.select_action(_obs())  # an invalid cloud keeps the last valid tool state
     assert low.calls[-1][0][V.OBS_TOOL_TIP_GAP][0] == pytest.approx(0.02)
     assert ctl.video_inset().shape == (64, 64, 3)
+    assert ctl.episode_info() == {"furthest_stage": "approach", "retries": 0, "held_steps": 1}
     bad = _obs()
     bad[V.OBS_ARM_QPOS] = np.full(len(V.ARM_JOINTS), np.nan)
     with pytest.raises(ValueError, match="finite"):
@@ -262,11 +263,12 @@ def test_hierarchy_runs_in_the_twin_within_limits_and_records_the_subgoal_inset(
         stages.append(policy.controller.subgoal.stage)
 
     with VideoWriter(tmp_path / "h.mp4", fps=20) as video:
-        run_episode(env, policy, 1000, video=video, video_size=(80, 60), on_step=hook)
+        result = run_episode(env, policy, 1000, video=video, video_size=(80, 60), on_step=hook)
     a = np.asarray(actions)
     assert len(a) == 30 and np.all(np.isfinite(a))
     assert np.all(a >= spec.lower - 1e-9) and np.all(a <= spec.upper + 1e-9)
     assert set(stages) <= {"approach", "close", "lift"}
+    assert result.policy_info["furthest_stage"] in stages and result.to_json()["policy_info"]
     assert policy.controller.last_valid is not None  # perception saw the tool
     assert (tmp_path / "h.mp4").stat().st_size > 0
     env.close()
@@ -285,3 +287,22 @@ def test_eval_rollout_rejects_flags_of_another_policy() -> None:
                           "--task", "tweezer_pick", "--generator", "/nonexistent", "--json"],
                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert out.returncode != 0 and "/nonexistent" in out.stderr
+
+
+def test_hierarchy_report_tables_success_and_furthest_stage(tmp_path) -> None:
+    from dexhier.hierarchy_report import write_hierarchy_report
+
+    def summary(successes: int, furthest: dict) -> dict:
+        bins = {"4-10": {"episodes": 2, "success_rate": successes / 2}, "10-16": {"episodes": 0,
+                "success_rate": None}}  # fmt: skip
+        return {"task": "tweezer_pick_place", "episodes": 2, "seed": 7, "options": {}, "successes": successes,
+                "success_rate": successes / 2, "median_episode_wall_s": 1.0, "success_by_width_mm": bins,
+                "furthest_stage": furthest}  # fmt: skip
+
+    path = tmp_path / "r.md"
+    write_hierarchy_report({"filter": summary(1, {"lift": 1, "place": 1}), "n1": summary(0, {"approach": 2})},
+                           path, "dexhier eval hierarchy")  # fmt: skip
+    text = path.read_text()
+    assert "| filter | " in text and "1/2 (50.0%)" in text and "| 50% of 2 | - |" in text
+    assert "| filter | 0 | 0 | 1 | 1 |" in text and "| n1 | 2 | 0 | 0 | 0 |" in text
+    assert (tmp_path / "r_success.svg").read_text().startswith("<svg")

@@ -27,7 +27,7 @@ from perception.encoder import AffordanceEncoder, AffordanceEstimate
 from policies.high_level.generator import SubgoalGenerator, images_to_model, model_to_images, resize_image
 from policies.high_level.progress import ProgressClassifier
 from policies.high_level.reachability import ReachabilityEstimator
-from policies.high_level.stages import StageConfig, StageTracker, tip_in_base
+from policies.high_level.stages import STAGES, StageConfig, StageTracker, tip_in_base
 
 SELECTIONS = ("progress", "value", "first")
 """How a subgoal is chosen among the candidates: the progress classifier's argmax (GHIL-Glue), the
@@ -217,6 +217,7 @@ class HierarchicalController:
         self.goal_image: np.ndarray | None = None  # what the low level was last given
         self._goal_source: np.ndarray | None = None  # the image it was resized from
         self.held_steps = 0
+        self.furthest = 0  # index in STAGES of the furthest stage reached this episode
 
     def _joints(self, obs: Mapping[str, Any]) -> np.ndarray:
         q = np.concatenate([np.asarray(obs[V.OBS_ARM_QPOS], float), np.asarray(obs[V.OBS_HAND_QPOS], float)])
@@ -246,6 +247,7 @@ class HierarchicalController:
         tip = tip_in_base(pose, self.planner.config.stages.tip_in_mount)
         scene = obs[V.rgb_key(self.scene_camera)]
         self.subgoal = self.planner.update(scene, est, tip)
+        self.furthest = max(self.furthest, STAGES.index(self.subgoal.stage))
         if self.last_valid is None or not np.isfinite(self.subgoal.tool_goal):
             self.held_steps += 1  # the tool state is unknown: hold rather than guess
             return q
@@ -257,6 +259,12 @@ class HierarchicalController:
         low_obs[V.OBS_TOOL_TIP_GAP] = np.array([self.last_valid.tip_gap])
         goal = {V.GOAL_RGB: image, V.GOAL_TOOL_TIP_GAP: np.array([self.subgoal.tool_goal])}
         return self.lowlevel.select_action(low_obs, goal)
+
+    def episode_info(self) -> dict[str, Any]:
+        """The episode so far: the furthest stage reached, the retries, the steps held for want of
+        a tool state."""
+        retries = self.subgoal.retries if self.subgoal is not None else 0
+        return {"furthest_stage": STAGES[self.furthest], "retries": retries, "held_steps": self.held_steps}
 
     def video_inset(self) -> np.ndarray | None:
         """The goal image last handed to the low level (uint8), for rollout videos; None before."""
