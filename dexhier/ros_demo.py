@@ -31,7 +31,8 @@ POLICY_NODES = {
     "lowlevel": "the learned low-level policy (lowlevel_policy, checkpoints/lowlevel) with goals from "
     "oracle_goals, a stand-in for the high level that replays the expert's rollout of each seed",
     "hierarchical": "the learned hierarchy: the low-level policy (lowlevel_policy, "
-    "checkpoints/lowlevel_pick) with goals from the learned high level (highlevel: subgoal generator "
+    "checkpoints/lowlevel_pick, lowlevel_pick_place for that task) with goals from the learned high "
+    "level (highlevel: subgoal generator "
     "checkpoints/subgoal, progress filter checkpoints/subgoal_filter, grasp stage from perception's "
     "tool state)",
 }

@@ -80,9 +80,9 @@ class Task(ABC):
     time_limit: ClassVar[float]
     """Episode time limit, s."""
     width_range: ClassVar[tuple[float, float]] = (0.004, 0.025)
+    """Object widths this task samples, m (widths up to 0.03 m exist, but need the full opening)."""
     place_xy: ClassVar[tuple[float, float] | None] = None
     """Where the object must be released, base frame (m): a fixture of the cell; None for no place."""
-    """Object widths this task samples, m (widths up to 0.03 m exist, but need the full opening)."""
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

@@ -80,7 +80,7 @@ def test_place_stage_releases_over_the_place_point_only() -> None:
     tr.update(estimate(0.05))
     tr.update(estimate(0.005))
     assert tr.update(estimate(0.006)).stage == "lift"
-    far, over, high = np.array([0.2, 0.0, 0.1]), np.array([0.41, 0.31, 0.1]), np.array([0.4, 0.3, 0.3])
+    far, over, high = np.array([0.2, 0.0, 0.08]), np.array([0.41, 0.31, 0.08]), np.array([0.4, 0.3, 0.12])
     for tip in (far, over, high, far, None, over):  # never twice in a row over the point
         d = tr.update(estimate(0.006), tip)
         assert d.stage == "lift" and d.tool_goal == pytest.approx(0.012)  # still squeezing

@@ -303,6 +303,7 @@ def test_highlevel_node_gives_the_planner_the_tips_from_joint_states(tmp_path):
     from fresh ``/joint_states`` by forward kinematics; stale or unusable joint states give none."""
     from dexhier_ros.highlevel_node import HighLevelNode
     from sensor_msgs.msg import JointState
+    from std_msgs.msg import String
 
     from policies.high_level.stages import tip_in_base
     from sim.kinematics import ToolMountKinematics
@@ -322,10 +323,10 @@ def test_highlevel_node_gives_the_planner_the_tips_from_joint_states(tmp_path):
     q = np.concatenate([obs[V.OBS_ARM_QPOS], obs[V.OBS_HAND_QPOS]])
     env.close()
     rclpy.init(args=["--ros-args", "-p", f"generator:={gen}", "-p", f"filter:={filt}",
-                     "-p", "task:=tweezer_pick_place"])  # fmt: skip
+                     "-p", "task:=tweezer_pick_place", "-p", "place_xy:=[0.5, 0.2]"])  # fmt: skip
     try:
         node = HighLevelNode()
-        assert node.planner.config.stages.place_xy is not None  # the task's bin
+        assert node.planner.config.stages.place_xy == (0.5, 0.2)  # a cell's bin
         assert node._tip(10.0) is None  # no joint states yet
         msg = JointState(name=names, position=list(q))
         msg.header.stamp = M.to_time(10.0)
@@ -339,6 +340,9 @@ def test_highlevel_node_gives_the_planner_the_tips_from_joint_states(tmp_path):
         bad.header.stamp = M.to_time(11.0)
         node._on_joints(bad)
         assert node._tip(11.0) is None
+        node._on_joints(msg)  # good again
+        node._on_episode(String(data=json.dumps({"episode": 3, "seed": 1, "clock": 10.5})))
+        assert node._tip(10.6) is None  # joint states from before the episode are void
         node.destroy_node()
     finally:
         rclpy.try_shutdown()

@@ -161,17 +161,21 @@ def load_planner(
     selection: str = "progress",
     replan_every: int = 10,
     steps: int | None = None,
+    place_xy: tuple[float, float] | None = None,
 ) -> SubgoalPlanner:
     """The planner from checkpoint directories (what the rollout and the ROS node both build).
 
     ``selector`` is the progress classifier (``selection="progress"``) or the reachability
     estimate (``"value"``); it is loaded only when it has something to choose (N > 1), else the
     selection is ``first``. ``generator=None`` gives a planner that tracks stages only. A task
-    with a place point (``sim.tasks``: the bin of ``tweezer_pick_place``) gets the place stage.
+    with a place point gets the place stage: ``place_xy`` (base frame, m; a cell's bin), by default
+    the twin's (``sim.tasks``: the bin of ``tweezer_pick_place``).
     """
     from sim.tasks import TASKS
 
     place = TASKS[task].place_xy if task in TASKS else None
+    if place is not None and place_xy is not None:
+        place = place_xy
     gen = SubgoalGenerator.load(generator, steps=steps) if generator else None
     sel = None
     if gen is not None and selection != "first" and candidates > 1:

@@ -167,10 +167,9 @@ class SubgoalTrainer:
     def _init_from(self, directory: str) -> None:
         start = SubgoalGenerator.load(directory)
         old, new = start.config, self.gen_cfg
-        if (old.image_size, old.channels, old.layers_per_block, old.attention) != (
-            new.image_size, new.channels, new.layers_per_block, new.attention
-        ):  # fmt: skip
-            raise ValueError(f"--init-from {directory}: another network or image size than this run's")
+        same = ("camera", "image_size", "channels", "layers_per_block", "norm_groups", "attention")
+        if any(getattr(old, k) != getattr(new, k) for k in same):
+            raise ValueError(f"--init-from {directory}: another network, camera or image size than this run")
         weights = start.unet.state_dict()
         key = "class_embedding.weight"
         rows = weights[key]

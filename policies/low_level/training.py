@@ -131,7 +131,13 @@ class Trainer:
         weights = start.net.state_dict()
         self.net.load_state_dict(weights)
         self.ema.load_state_dict(weights)
-        self.normalizer = start.normalizer.union(self.normalizer)
+        mine = self.normalizer
+        if not np.isfinite(self.train_set.aux).all(1).any():  # no aux labels (teleop): the start's aux ranges
+            lo, hi = dict(mine.lo), dict(mine.hi)
+            for key in ("aux_object", "aux_goal_tip"):
+                lo[key], hi[key] = start.normalizer.lo[key], start.normalizer.hi[key]
+            mine = MinMaxNormalizer(lo, hi)
+        self.normalizer = start.normalizer.union(mine)
 
     def _resume(self) -> bool:
         """Load the training state in ``out``, if any; True when there was one."""

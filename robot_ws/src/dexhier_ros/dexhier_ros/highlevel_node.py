@@ -13,9 +13,10 @@ A thin adapter over :class:`policies.high_level.controller.SubgoalPlanner` (subg
   :class:`~perception.encoder.AffordanceEstimate` by :func:`estimate_from_tool_state` (the object
   fields only when perception saw the object); older than ``tool_timeout`` it counts as no estimate,
   as an invalid cloud does in-process;
-* ``/joint_states``, for a task with a place point only (``tweezer_pick_place``): the tips'
-  position by forward kinematics, which the stage tracker needs to release over the bin; older
-  than ``tool_timeout`` it counts as unknown (the tracker then keeps squeezing);
+* ``/joint_states``, for a task with a place point only (``tweezer_pick_place``; ``place_xy``, base
+  frame, m, sets a cell's bin, by default the twin's): the tips' position by forward kinematics,
+  which the stage tracker needs to release over the bin; older than ``tool_timeout`` or from before
+  the episode it counts as unknown (the tracker then keeps squeezing);
 * ``/dexhier/sim/episode``: a new episode resets the planner with the episode's seed and drops the
   inputs stamped before it started (only its number, seed and start clock are read). Episode 0 is
   the twin's idle start-up scene: no goals then, as from ``oracle_goals``. Without that topic (a
@@ -137,13 +138,17 @@ class HighLevelNode(Node):
         self.tool_timeout = parameter(self, "tool_timeout", 1.0)  # s; perception: 5 Hz plus its latency
         steps = parameter(self, "steps", 0)  # denoising steps; 0 = the checkpoint's
         threads = parameter(self, "threads", 1)  # torch threads: the cores are shared with the twin
+        place_xy = [float(v) for v in parameter(self, "place_xy", [0.0])]  # m; one value: the task's
+        if len(place_xy) not in (1, 2):
+            raise ValueError(f"place_xy must be [x, y] (m) or one value (the task's), got {place_xy}")
+        place = tuple(place_xy) if len(place_xy) == 2 else None
         if rate <= 0 or self.image_size < 8 or min(self.image_timeout, self.tool_timeout) <= 0:
             raise ValueError("rate_hz and the timeouts must be > 0, image_size >= 8")
         if steps < 0 or threads < 1:
             raise ValueError("steps must be >= 0, threads >= 1")
         torch.set_num_threads(threads)
         self.planner = load_planner(task, generator, filter_dir, candidates, selection, replan_every,
-                                    steps or None)  # fmt: skip
+                                    steps or None, place)  # fmt: skip
         gen_cfg = self.planner.generator.config
         self.camera = gen_cfg.camera
         self.image_topic = V.camera_topic(self.camera)
@@ -239,9 +244,10 @@ class HighLevelNode(Node):
         if len(msg.name) != len(msg.position):
             return self._warn("joints", f"rejected /joint_states: {len(msg.name)} names, "
                                         f"{len(msg.position)} positions")  # fmt: skip
-        value = (list(msg.name), np.asarray(msg.position, float))
+        value, stamp = (list(msg.name), np.asarray(msg.position, float)), M.from_time(msg.header.stamp)
         with self.lock:
-            self.joints = _Stamped(value, M.from_time(msg.header.stamp), 0)
+            if stamp >= self.episode_clock - 1e-6:
+                self.joints = _Stamped(value, stamp, 0)
 
     def _tip(self, now: float) -> np.ndarray | None:
         """The tips' position in the base frame from fresh joint states, else None."""
@@ -270,6 +276,8 @@ class HighLevelNode(Node):
             self.reset_seed = seed
             if self.image is not None and self.image.stamp < clock - 1e-6:
                 self.image = None
+            if self.joints is not None and self.joints.stamp < clock - 1e-6:
+                self.joints = None
             if self.tool is not None and self.tool.stamp < clock - 1e-6:
                 self.tool = None
         if episode > 0:
