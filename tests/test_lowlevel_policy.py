@@ -798,3 +798,18 @@ def test_auxiliary_losses_train_the_heads_and_are_skipped_without_ground_truth(t
     loss = plain.train_step()
     assert np.isfinite(loss)
     assert torch.equal(before, plain.net.aux_object.weight)  # no ground truth: no auxiliary gradient
+
+
+def test_fine_tuning_widens_the_normalization_and_keeps_aux_ranges_without_labels(tmp_path) -> None:
+    start_dir = tmp_path / "start"
+    train([_with_ground_truth(tmp_path / "gt")], start_dir, small_train_config(1), log=lambda m: None)
+    start = LowLevelPolicy.load(start_dir, traced=False).normalizer
+    plain = write_dataset(tmp_path / "plain")  # no ground truth, as teleop data
+    trainer = Trainer([plain], tmp_path / "ft", small_train_config(1, init_from=str(start_dir)))
+    norm = trainer.normalizer
+    for key in ("aux_object", "aux_goal_tip"):  # not stretched to the placeholder zeros
+        np.testing.assert_array_equal(norm.lo[key], start.lo[key])
+        np.testing.assert_array_equal(norm.hi[key], start.hi[key])
+    actions = trainer.train_set.actions
+    assert np.all(norm.lo["action"] <= np.minimum(start.lo["action"], actions.min(0)) + 1e-12)
+    assert np.all(norm.hi["action"] >= np.maximum(start.hi["action"], actions.max(0)) - 1e-12)
