@@ -266,6 +266,24 @@ def cmd_eval_hierarchy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_subgoal(args: argparse.Namespace) -> int:
+    import imageio.v2 as imageio
+
+    from policies.high_level.generator import SubgoalGenerator
+    from policies.high_level.samples import subgoal_samples
+
+    _check_datasets(args.data)
+    gen = SubgoalGenerator.load(args.checkpoint)
+    grid, metrics = subgoal_samples(gen, args.data, args.rows, args.candidates, args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    imageio.imwrite(args.out, grid)
+    print(f"wrote {args.out}: per row the current frame, the real future frame, {args.candidates} generated")
+    print(f"MSE vs the real future (generator units): first candidate {metrics['mse_first']:.4f}, closest "
+          f"{metrics['mse_best']:.4f}, repeating the current frame {metrics['mse_copy_current']:.4f}")
+    _emit(args, {"checkpoint": str(args.checkpoint), "out": str(args.out), **metrics})
+    return 0
+
+
 def cmd_eval_rollout(args: argparse.Namespace) -> int:
     summary = _run_eval(args, "dexhier " + shlex.join(sys.argv[1:]))
     _emit(args, summary)
@@ -783,6 +801,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="distance normalization, control steps (default: 60)")  # fmt: skip
     tv.set_defaults(func=cmd_train_value)
 
+    es = ev_sub.add_parser(
+        "subgoal",
+        help="generated subgoals next to the real future frames (a PNG and MSEs)",
+        description="Sample (frame t, frame t+k, task) triples from episode datasets, generate candidate "
+        "subgoals for each, and write a PNG grid: per row the current frame, the real future frame, then "
+        "the candidates (nearest-neighbour upscaled to 64 px). Prints the MSE of the first and of the "
+        "closest candidate against the real future, and of repeating the current frame.",
+    )
+    es.add_argument("--data", type=Path, nargs="+", required=True, help="episode dataset directories")
+    es.add_argument("--checkpoint", type=Path, default=Path("checkpoints/subgoal"),
+                    help="generator checkpoint (default: %(default)s)")  # fmt: skip
+    es.add_argument("--out", type=Path, default=Path("out/eval/subgoal_samples.png"),
+                    help="PNG path (default: %(default)s)")  # fmt: skip
+    es.add_argument("--rows", type=_positive, default=6, help="triples, one per row (default: 6)")
+    es.add_argument("--candidates", type=_positive, default=3, help="candidates per row (default: 3)")
+    es.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    add_json(es)
+    es.set_defaults(func=cmd_eval_subgoal)
     ea = ev_sub.add_parser(
         "affordance",
         help="affordance encoder errors on held-out synthetic and twin clouds",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -253,3 +256,19 @@ def test_guided_sampling_uses_the_extra_passes():
     b = guided.sample(cur, ids, gen=torch.Generator().manual_seed(3))
     assert a.shape == b.shape and torch.isfinite(b).all()
     assert not torch.allclose(a, b)  # guidance changed the result: the other passes ran
+
+
+def test_subgoal_samples_grid_and_metrics(tmp_path, data_dir):
+    from policies.high_level.samples import subgoal_samples
+
+    torch.manual_seed(0)
+    gen = SubgoalGenerator(GeneratorConfig(tasks=("slide_a", "slide_b"), offsets=(2, 4), **TINY))
+    grid, m = subgoal_samples(gen, [data_dir], rows=3, candidates=2, seed=0, cell=32)
+    assert grid.shape == (3 * 32, 4 * 32, 3) and grid.dtype == np.uint8
+    assert m["mse_best"] <= m["mse_first"] and m["mse_copy_current"] > 0  # the moving square moved
+    other = SubgoalGenerator(GeneratorConfig(tasks=("slide_a",), **TINY))
+    with pytest.raises(ValueError, match="slide_b"):
+        subgoal_samples(other, [data_dir])
+    cmd = [sys.executable, "-m", "dexhier.cli", "eval", "subgoal", "--data", str(tmp_path / "none")]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode != 0 and "no dataset.json" in out.stderr
