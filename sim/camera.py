@@ -51,6 +51,14 @@ def camera_pose(data: mujoco.MjData, camera: str) -> tuple[np.ndarray, np.ndarra
     return rot, cam.xpos.copy()
 
 
+def camera_pose_matrix(data: mujoco.MjData, camera: str) -> np.ndarray:
+    """The same pose as a (4, 4) homogeneous transform."""
+    rot, pos = camera_pose(data, camera)
+    pose = np.eye(4)
+    pose[:3, :3], pose[:3, 3] = rot, pos
+    return pose
+
+
 def depth_to_points(
     depth: np.ndarray,
     intrinsics: Intrinsics,

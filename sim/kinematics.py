@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import mujoco
 import numpy as np
 
-from sim.camera import camera_pose
+from sim.camera import camera_pose_matrix
 from sim.cell import CellConfig, ObjectParams, build_cell
 
 
@@ -53,10 +53,8 @@ class ToolMountKinematics:
         """
         mujoco.mj_forward(self.model, self.data)  # camera poses need more than mj_kinematics
         try:
-            rot, pos = camera_pose(self.data, camera)
+            cam = camera_pose_matrix(self.data, camera)
         except KeyError as err:
             names = [self.model.camera(i).name for i in range(self.model.ncam)]
             raise KeyError(f"no camera {camera!r} in the cell model; it has {names}") from err
-        cam = np.eye(4)
-        cam[:3, :3], cam[:3, 3] = rot, pos
         return np.linalg.inv(self._mount_pose()) @ cam

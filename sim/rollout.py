@@ -77,7 +77,6 @@ def run_episode(
             break
     episode_info = getattr(policy, "episode_info", None)
     return EpisodeResult(
-        policy_info=dict(episode_info()) if callable(episode_info) else {},
         seed=seed,
         task=env.instance.task,
         success=bool(info["success"]),
@@ -87,6 +86,7 @@ def run_episode(
         object=asdict(env.instance.object),
         instruction=env.instance.instruction,
         physics_diverged=bool(info["physics_diverged"]),
+        policy_info=dict(episode_info()) if callable(episode_info) else {},
     )
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from dexhier import vocabulary as V
 from sim import tool as tool_mod
 from sim.backend import ActionSpec, ArraySpec, Backend, StepResult
-from sim.camera import camera_intrinsics, camera_pose, depth_to_points
+from sim.camera import camera_intrinsics, camera_pose, camera_pose_matrix, depth_to_points
 from sim.cell import (
     OBJECT_BODY,
     SCENE_CAMERA,
@@ -271,10 +271,7 @@ class TwinEnv(Backend):
             for cam in cfg.cameras:
                 obs[V.rgb_key(cam)] = self._renderer.rgb(d, cam)
                 obs[V.depth_key(cam)] = self._renderer.depth(d, cam)
-                rot, trans = camera_pose(d, cam)
-                pose = np.eye(4)
-                pose[:3, :3], pose[:3, 3] = rot, trans
-                obs[V.camera_pose_key(cam)] = pose
+                obs[V.camera_pose_key(cam)] = camera_pose_matrix(d, cam)
         if cfg.points:
             cam = cfg.points_camera
             renderer = self._points_renderer or self._renderer

@@ -112,9 +112,7 @@ class StageTracker:
         self._over_place = 0
 
     def _goal(self) -> float:
-        if self.stage == "place":
-            return float("nan") if self._max_gap is None else float(self._max_gap)
-        if self._openings:
+        if self._openings and self.stage != "place":  # place: open fully, as before the tool is seen
             approach, contact = np.median(np.asarray(self._openings), axis=0)
             return float(approach if self.stage == "approach" else contact)
         return float("nan") if self._max_gap is None else float(self._max_gap)

@@ -208,7 +208,7 @@ class RecorderNode(Node):
     def _model_meta(self, size: tuple[int, int]) -> tuple[dict[str, Any], np.ndarray]:
         """Dataset meta and the scene camera's pose (4, 4) in the base frame, from the twin model."""
         from dexhier.collection import dataset_meta
-        from sim.camera import camera_pose
+        from sim.camera import camera_pose_matrix
         from sim.twin import TwinConfig, TwinEnv
 
         env = TwinEnv(
@@ -217,10 +217,7 @@ class RecorderNode(Node):
         )  # fmt: skip
         try:
             env.reset(0)  # the camera is fixed in the cell: any scene gives its pose
-            rot, trans = camera_pose(env.data, CAMERA)
-            pose = np.eye(4)
-            pose[:3, :3], pose[:3, 3] = rot, trans
-            return {**dataset_meta(env), "source": "teleop"}, pose
+            return {**dataset_meta(env), "source": "teleop"}, camera_pose_matrix(env.data, CAMERA)
         finally:
             env.close()
 
