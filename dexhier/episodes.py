@@ -395,6 +395,14 @@ class Episode:
             }
         except (KeyError, TypeError, ValueError) as err:
             raise EpisodeFormatError(f"{doc_path}: malformed episode file: {err!r}") from err
+        steps = self.path / STEPS_FILE
+        try:  # the zip directory is at the end: a truncated steps file fails here, not mid-training
+            with zipfile.ZipFile(steps) as zf:
+                missing = sorted({k + ".npy" for k in self._spec} - set(zf.namelist()))
+        except Exception as err:
+            raise EpisodeFormatError(f"{steps}: damaged steps file: {type(err).__name__}: {err}") from err
+        if missing:
+            raise EpisodeFormatError(f"{steps}: damaged steps file: no member {missing}")
         self.keys: tuple[str, ...] = tuple(self._spec)
         """The step keys, in the order of the first step."""
         self._cache: dict[str, np.ndarray] = {}
@@ -411,8 +419,11 @@ class Episode:
             raise KeyError(f"episode {self.index} has no key {key!r}; keys: {list(self.keys)}")
         if key not in self._cache:
             path = self.path / STEPS_FILE
-            with np.load(path, allow_pickle=False) as npz:
-                array = npz[key]
+            try:
+                with np.load(path, allow_pickle=False) as npz:
+                    array = npz[key]
+            except Exception as err:  # BadZipFile, EOFError, zlib.error, ...: always name the file
+                raise EpisodeFormatError(f"{path}: cannot read {key!r}: {type(err).__name__}: {err}") from err
             shape, dtype = self._spec[key]
             if array.shape != (self.num_steps, *shape) or array.dtype != dtype:
                 raise EpisodeFormatError(
@@ -474,8 +485,12 @@ class EpisodeDataset:
         return len(self.indices)
 
     def __iter__(self) -> Iterator[Episode]:
+        """Episodes in index order; a damaged one is skipped with a warning naming its file."""
         for index in self.indices:
-            yield self.episode(index)
+            try:
+                yield self.episode(index)
+            except EpisodeFormatError as err:  # one bad file must not stop a dataset's listing or training
+                warnings.warn(f"skipped episode {index}: {err}", UserWarning, stacklevel=2)
 
     def episode(self, index: int) -> Episode:
         """The committed episode ``index``; KeyError if there is none."""
