@@ -80,17 +80,17 @@ def test_random_commands_stay_in_band_and_under_max_velocity():
         measured = rng.uniform(LO, HI)
         sup.update_state(NAMES, measured, t)
         hold = sup.tick(t)
-        if hold is not None:
+        if hold is not None:  # a hold is a command like any other: in band, within the rate of the last
             assert hold.verdict is Verdict.HELD_STALE and hold.request is None
-            np.testing.assert_array_equal(hold.command, measured)
-            base, base_t = measured, t
+            assert np.all(hold.command >= LO) and np.all(hold.command <= HI)
+            assert_within_rate(hold.command, base, t - base_t)
+            np.testing.assert_allclose(hold.command, np.clip(measured, base - VMAX * STALE, base + VMAX * STALE))
+            base, base_t = hold.command, t
         order = rng.permutation(N)
         raw = rng.uniform(LOWER - 1.0, UPPER + 1.0)
         if rng.random() < 0.3:  # sometimes a reachable request
             raw = np.clip(base + rng.uniform(-0.01, 0.01, N), LO, HI)
         t_cmd = t + rng.uniform(0.0, 0.01)
-        if sup.holding:  # after a hold the base is the measured position, dt counted from the hold
-            base = measured
         d = sup.submit([NAMES[i] for i in order], raw[order], t_cmd)
         verdicts.add(d.verdict)
         np.testing.assert_array_equal(d.request, raw)
@@ -187,7 +187,7 @@ def test_rejected_commands_do_not_refresh_the_watchdog():
 def test_estop_latches_until_reset():
     sup = make_supervisor()
     sup.submit(NAMES, MID, 0.0)
-    measured = MID - 0.02
+    measured = MID - 0.005  # within the rate of the last command (>= 0.5 rad/s * 0.02 s)
     sup.update_state(NAMES, measured, 0.01)
     hold = sup.estop(True, 0.02)
     assert hold is not None and hold.verdict is Verdict.HELD_ESTOP and hold.reasons == ("e-stop latched",)
@@ -208,10 +208,10 @@ def test_estop_latches_until_reset():
     assert sup.reset_estop(1.0) is True and not sup.estopped
     assert sup.reset_estop(1.0) is False
     assert sup.tick(1.5) is None  # still holding from the e-stop: no second hold
-    d = sup.submit(NAMES, LOWER, 1.05)
+    # The release does not re-anchor on the measured state: the rate limit starts at the hold.
+    d = sup.submit(NAMES, LOWER, 1.55)
     assert d.verdict is Verdict.CLAMPED
-    assert_within_rate(d.command, current, 0.05)
-    np.testing.assert_allclose(d.command, np.maximum(current - VMAX * 0.05, LO))
+    np.testing.assert_allclose(d.command, np.maximum(measured - VMAX * STALE, LO))
 
 
 def test_estop_without_state_and_non_finite_time():
