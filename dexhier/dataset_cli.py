@@ -44,6 +44,9 @@ def add_dataset_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) ->
     )
     common(rec)
     rec.set_defaults(func=cmd_recover)
+    from dexhier.lerobot_cli import add_lerobot_parsers
+
+    add_lerobot_parsers(ds_sub)  # export / import --format lerobot
 
 
 def _emit(args: argparse.Namespace, doc: Any) -> None:
