@@ -31,8 +31,9 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from dexhier.operator_episodes import EpisodeStateError, OperatorEpisodes
-from dexhier_ros.messages import EPISODE_QOS
-from dexhier_ros.runtime import parameter
+from dexhier.safety import LogThrottle
+from dexhier_ros.messages import EPISODE_QOS, MessageError, parse_episode
+from dexhier_ros.runtime import parameter, report_exception
 
 SOURCES = ("twin", "operator")
 
@@ -71,6 +72,7 @@ class EpisodeCoordinator(Node):
                                      callback_group=self.group)  # fmt: skip
         for name, cb in services.items():
             self.create_service(Trigger, f"/dexhier/episode/{name}", cb, callback_group=self.group)
+        self.episode_log = LogThrottle()
         self.status: dict | None = None
         self.active_seed: int | None = None
         self.results: list[dict] = []
@@ -80,10 +82,11 @@ class EpisodeCoordinator(Node):
     # ----------------------------------------------------------------- twin status
     def _on_episode(self, msg: String) -> None:
         try:
-            doc = json.loads(msg.data)
-            doc["seed"], doc["done"] = int(doc["seed"]), bool(doc["done"])
-        except (ValueError, TypeError, KeyError) as err:
-            self.get_logger().warning(f"ignored malformed /dexhier/sim/episode message: {err}")
+            doc = parse_episode(msg.data, ("episode", "seed", "done"))
+        except MessageError as err:
+            if self.episode_log.check("malformed", time.monotonic()) is not None:
+                self.get_logger().warning(f"ignored malformed /dexhier/sim/episode message: {err} "
+                                          f"({self.episode_log.counts['malformed']} so far)")  # fmt: skip
             return
         self.status = doc
 
@@ -257,7 +260,15 @@ def main(args: list[str] | None = None) -> None:
             while rclpy.ok() and not node.finished:
                 executor.spin_once(timeout_sec=0.05)
         else:
-            executor.spin()
+            while rclpy.ok():
+                try:
+                    executor.spin_once(timeout_sec=0.1)
+                except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+                    raise
+                except Exception as err:  # no message may end the coordinator (and with it the launch)
+                    if not rclpy.ok():
+                        raise
+                    report_exception(node, err)
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         pass
     finally:

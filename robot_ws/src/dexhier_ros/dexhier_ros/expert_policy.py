@@ -10,8 +10,6 @@ policy node has the same outputs but reads only cameras and joint states.
 
 from __future__ import annotations
 
-import json
-
 import mujoco
 import numpy as np
 from rclpy.node import Node
@@ -48,10 +46,14 @@ class ExpertPolicyNode(Node):
 
     def _on_episode(self, msg: String) -> None:
         try:
-            doc = json.loads(msg.data)
-            episode, seed = int(doc["episode"]), int(doc["seed"])
-            done, instruction = bool(doc["done"]), str(doc["instruction"])
-        except (ValueError, TypeError, KeyError) as err:
+            doc = M.parse_episode(msg.data, ("episode", "seed", "done"))
+            episode, seed, done, instruction = (
+                doc["episode"],
+                doc["seed"],
+                doc["done"],
+                doc.get("instruction", ""),
+            )
+        except M.MessageError as err:
             self.get_logger().warning(f"ignored malformed /dexhier/sim/episode message: {err}")
             return
         if episode == 0:  # the idle start-up scene: nothing to do until an episode starts

@@ -264,9 +264,9 @@ class HighLevelNode(Node):
 
     def _on_episode(self, msg: String) -> None:
         try:
-            doc = json.loads(msg.data)
-            episode, seed, clock = int(doc["episode"]), int(doc["seed"]), float(doc["clock"])
-        except (ValueError, TypeError, KeyError) as err:
+            doc = M.parse_episode(msg.data, ("episode", "seed", "clock"))  # bounded: a seed torch takes
+            episode, seed, clock = doc["episode"], doc["seed"], doc["clock"]
+        except ValueError as err:
             return self._warn("episode", f"ignored malformed {V.TOPIC_SIM_EPISODE} message: {err}")
         with self.lock:
             if episode == self.episode:

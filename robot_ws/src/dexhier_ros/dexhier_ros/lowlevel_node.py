@@ -50,7 +50,6 @@ topic, dropping the plans whenever the inputs go stale is what separates episode
 from __future__ import annotations
 
 import collections
-import json
 import sys
 import threading
 import time
@@ -229,9 +228,9 @@ class LowLevelPolicyNode(Node):
 
     def _on_episode(self, msg: String) -> None:
         try:
-            doc = json.loads(msg.data)
-            episode, seed, clock = int(doc["episode"]), int(doc["seed"]), float(doc["clock"])
-        except (ValueError, TypeError, KeyError) as err:
+            doc = M.parse_episode(msg.data, ("episode", "seed", "clock"))  # bounded: a seed torch takes
+            episode, seed, clock = doc["episode"], doc["seed"], doc["clock"]
+        except ValueError as err:
             self.get_logger().warning(f"ignored malformed /dexhier/sim/episode message: {err}")
             return
         with self.lock:

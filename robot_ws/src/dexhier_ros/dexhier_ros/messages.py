@@ -7,7 +7,10 @@ controller joint present, strictly increasing ``time_from_start``, finite positi
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
@@ -15,6 +18,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile
 from sensor_msgs.msg import CameraInfo, Image, JointState, Joy
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from dexhier.safety import MAX_NAMES
 from sim.camera import Intrinsics
 
 EPISODE_QOS = QoSProfile(depth=5, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -61,7 +65,10 @@ def joint_state(names: Sequence[str], position: np.ndarray, velocity: np.ndarray
 
 
 def joint_positions(msg: JointState, names: Sequence[str]) -> np.ndarray:
-    """Positions of ``names`` from a JointState (any order); MessageError if some are missing or NaN."""
+    """Positions of ``names`` from a JointState (any order); MessageError if some are missing or NaN,
+    or the message names more than ``MAX_NAMES`` joints."""
+    if len(msg.name) > MAX_NAMES:
+        raise MessageError(f"joint_states names {len(msg.name)} joints (at most {MAX_NAMES})")
     if len(msg.position) != len(msg.name):
         raise MessageError(f"joint_states has {len(msg.name)} names but {len(msg.position)} positions")
     index = {n: i for i, n in enumerate(msg.name)}
@@ -80,7 +87,7 @@ def joint_velocities(msg: JointState, names: Sequence[str]) -> np.ndarray:
     Drivers may leave ``velocity`` empty (it is optional in JointState); positions are checked by
     `joint_positions`, so names missing here are already an error there.
     """
-    if len(msg.velocity) != len(msg.name):
+    if len(msg.velocity) != len(msg.name) or len(msg.name) > MAX_NAMES:
         return np.full(len(names), np.nan)
     index = {n: i for i, n in enumerate(msg.name)}
     return np.array([msg.velocity[index[n]] if n in index else np.nan for n in names], dtype=np.float64)
@@ -97,25 +104,42 @@ def trajectory(names: Sequence[str], positions: np.ndarray, times: Sequence[floa
     return msg
 
 
-def parse_trajectory(msg: JointTrajectory, controller_joints: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+MAX_POINTS = 10_000
+"""Most points a trajectory may carry (a JTC goal of 500 s at 20 Hz)."""
+LIMIT_TOLERANCE = 1e-6
+"""rad a trajectory point may lie past a joint limit (rounding), as a JTC's limit check allows."""
+
+
+def parse_trajectory(
+    msg: JointTrajectory,
+    controller_joints: Sequence[str],
+    lower: np.ndarray | None = None,
+    upper: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Validate a trajectory for a controller of ``controller_joints``.
 
     Returns (times (T,) s, positions (T, J) in ``controller_joints`` order). Raises MessageError
-    with the reason ros2_control would give for rejecting it.
+    with the reason ros2_control would give for rejecting it; with ``lower`` / ``upper`` (rad, in
+    ``controller_joints`` order) a position outside the joint limits rejects the whole goal too.
     """
     if not msg.joint_names:
         raise MessageError("empty joint_names")
     if not msg.points:
         raise MessageError("empty trajectory (no points)")
+    if len(msg.joint_names) > MAX_NAMES or len(msg.points) > MAX_POINTS:
+        raise MessageError(f"oversized: {len(msg.joint_names)} joints, {len(msg.points)} points "
+                           f"(at most {MAX_NAMES} and {MAX_POINTS})")  # fmt: skip
     if len(set(msg.joint_names)) != len(msg.joint_names):
         raise MessageError("duplicate joint names")
-    unknown = [n for n in msg.joint_names if n not in controller_joints]
+    known = set(controller_joints)
+    unknown = [n for n in msg.joint_names if n not in known]
     if unknown:
-        raise MessageError(f"unknown joints {unknown}")
-    missing = [n for n in controller_joints if n not in msg.joint_names]
+        raise MessageError(f"unknown joints {unknown[:10]}")
+    index = {n: i for i, n in enumerate(msg.joint_names)}
+    missing = [n for n in controller_joints if n not in index]
     if missing:
         raise MessageError(f"partial goal: missing joints {missing}")
-    order = [list(msg.joint_names).index(n) for n in controller_joints]
+    order = [index[n] for n in controller_joints]
     times, rows = [], []
     for i, p in enumerate(msg.points):
         if len(p.positions) != len(msg.joint_names):
@@ -125,9 +149,17 @@ def parse_trajectory(msg: JointTrajectory, controller_joints: Sequence[str]) -> 
         q = np.asarray(p.positions, dtype=np.float64)[order]
         if not np.all(np.isfinite(q)):
             raise MessageError(f"point {i} has non-finite positions")
+        if lower is not None and upper is not None:
+            out = np.flatnonzero((q < lower - LIMIT_TOLERANCE) | (q > upper + LIMIT_TOLERANCE))
+            if len(out):
+                j = out[0]
+                raise MessageError(f"point {i}: {controller_joints[j]} at {q[j]:.4g} rad is outside its "
+                                   f"limits [{lower[j]:.4g}, {upper[j]:.4g}]")  # fmt: skip
         times.append(from_time(p.time_from_start))
         rows.append(q)
     t = np.asarray(times)
+    if not np.all(np.isfinite(t)):
+        raise MessageError("non-finite time_from_start")
     if t[0] < 0:
         raise MessageError("negative time_from_start")
     if np.any(np.diff(t) <= 0):
@@ -152,23 +184,33 @@ def image(array: np.ndarray, stamp: float, frame_id: str) -> Image:
     return msg
 
 
+MAX_IMAGE_SIDE = 8192
+"""Largest image width or height decoded (px)."""
+
+
 def image_array(msg: Image) -> np.ndarray:
-    """Decode ``rgb8`` / ``bgr8`` (→ RGB uint8) and ``32FC1`` (→ float32 metres); MessageError otherwise."""
+    """Decode ``rgb8`` / ``bgr8`` (→ RGB uint8) and ``32FC1`` (→ float32 metres); MessageError otherwise.
+
+    The data must hold exactly ``step × height`` bytes (``sensor_msgs/Image``'s contract): longer or
+    shorter data, a step shorter than a row, or a zero or huge size is rejected before any copy.
+    """
     h, w = msg.height, msg.width
-    if msg.encoding in ("rgb8", "bgr8"):
-        need = h * w * 3
-        if msg.step < 3 * w or len(msg.data) < msg.step * h or need == 0:
-            raise MessageError(f"{msg.encoding} image {w}x{h} with step {msg.step} has {len(msg.data)} bytes")
-        rows = np.frombuffer(bytes(msg.data), np.uint8).reshape(h, msg.step)[:, : 3 * w]
-        img = rows.reshape(h, w, 3)
-        return img[..., ::-1].copy() if msg.encoding == "bgr8" else img.copy()
+    pixel = {"rgb8": 3, "bgr8": 3, "32FC1": 4}.get(msg.encoding)
+    if pixel is None:
+        raise MessageError(f"unsupported image encoding {msg.encoding!r}; expected rgb8, bgr8 or 32FC1")
+    if not (0 < h <= MAX_IMAGE_SIDE and 0 < w <= MAX_IMAGE_SIDE):
+        raise MessageError(f"{msg.encoding} image {w}x{h}: need 1 to {MAX_IMAGE_SIDE} px a side")
+    if msg.step < pixel * w or len(msg.data) != msg.step * h:
+        raise MessageError(
+            f"{msg.encoding} image {w}x{h} with step {msg.step} has {len(msg.data)} bytes "
+            f"(need step >= {pixel * w} and exactly step x height)"
+        )
+    rows = np.frombuffer(bytes(msg.data), np.uint8).reshape(h, msg.step)[:, : pixel * w]
     if msg.encoding == "32FC1":
-        if msg.step < 4 * w or len(msg.data) < msg.step * h or h * w == 0:
-            raise MessageError(f"32FC1 image {w}x{h} with step {msg.step} has {len(msg.data)} bytes")
         dt = np.dtype(">f4" if msg.is_bigendian else "<f4")
-        rows = np.frombuffer(bytes(msg.data), np.uint8).reshape(h, msg.step)[:, : 4 * w]
         return rows.copy().view(dt).reshape(h, w).astype(np.float32)
-    raise MessageError(f"unsupported image encoding {msg.encoding!r}; expected rgb8, bgr8 or 32FC1")
+    img = rows.reshape(h, w, 3)
+    return img[..., ::-1].copy() if msg.encoding == "bgr8" else img.copy()
 
 
 def fit_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -205,3 +247,86 @@ def joy(axes: Sequence[float], buttons: Sequence[int], stamp: float) -> Joy:
     msg.axes = [float(a) for a in axes]
     msg.buttons = [int(b) for b in buttons]
     return msg
+
+
+# ------------------------------------------------------------------ episode status (/dexhier/sim/episode)
+EPISODE_MAX_CHARS = 65_536
+"""Longest /dexhier/sim/episode document parsed (characters)."""
+SEED_MAX = 2**63 - 1
+"""Largest seed accepted: every consumer (numpy, torch, MuJoCo scenes) takes it."""
+
+
+def _int_in(lo: int, hi: int):
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise MessageError(f"need an integer in [{lo}, {hi}], got {str(v)[:40]!r}")
+        return v
+
+    return check
+
+
+def _finite(lo: float, hi: float):
+    def check(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not (math.isfinite(v) and lo <= v <= hi):
+            raise MessageError(f"need a finite number in [{lo:g}, {hi:g}], got {str(v)[:40]!r}")
+        return float(v)
+
+    return check
+
+
+def _text(limit: int):
+    def check(v: Any) -> str:
+        if not isinstance(v, str) or len(v) > limit:
+            raise MessageError(f"need a string of at most {limit} characters")
+        return v
+
+    return check
+
+
+def _flag(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise MessageError(f"need true or false, got {str(v)[:40]!r}")
+    return v
+
+
+EPISODE_FIELDS = {
+    "episode": _int_in(0, 2**31 - 1), "seed": _int_in(0, SEED_MAX), "steps": _int_in(0, 2**31 - 1),
+    "done": _flag, "success": _flag, "clock": _finite(0.0, 1e12), "time": _finite(0.0, 1e12),
+    "task": _text(128), "instruction": _text(4096),
+    "object_width": lambda v: None if v is None else _finite(0.0, 10.0)(v),
+}  # fmt: skip
+"""The twin's episode status fields and their checks; other keys are dropped."""
+
+
+def _no_constant(name: str) -> Any:
+    raise MessageError(f"{name} is not a number JSON allows")
+
+
+def parse_episode(text: str, required: Sequence[str] = ("episode", "seed")) -> dict[str, Any]:
+    """The fields of a ``/dexhier/sim/episode`` message (JSON), each checked against its bounds.
+
+    Returns the known fields present (``EPISODE_FIELDS``), unknown ones dropped. MessageError (a
+    ValueError) when the text is too long, not a JSON object, nested too deep, a field is out of its
+    bounds (a seed of -1, 2**64 or 1e400), or a ``required`` field is missing.
+    """
+    if not isinstance(text, str) or len(text) > EPISODE_MAX_CHARS:
+        raise MessageError(f"episode message longer than {EPISODE_MAX_CHARS} characters")
+    try:
+        doc = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise MessageError("episode message nested too deep") from None
+    except json.JSONDecodeError as err:
+        raise MessageError(f"episode message is not JSON: {err}") from None
+    if not isinstance(doc, dict):
+        raise MessageError(f"episode message is a JSON {type(doc).__name__}, not an object")
+    out = {}
+    for key, check in EPISODE_FIELDS.items():
+        if key in doc:
+            try:
+                out[key] = check(doc[key])
+            except MessageError as err:
+                raise MessageError(f"episode field {key!r}: {err}") from None
+    missing = [k for k in required if k not in out]
+    if missing:
+        raise MessageError(f"episode message lacks {', '.join(missing)}")
+    return out

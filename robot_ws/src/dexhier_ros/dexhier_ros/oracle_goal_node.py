@@ -20,7 +20,6 @@ earlier episode.
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
@@ -86,10 +85,9 @@ class OracleGoalNode(Node):
     # ------------------------------------------------------------------ episodes
     def _on_episode(self, msg: String) -> None:
         try:
-            doc = json.loads(msg.data)
-            episode, seed, done = int(doc["episode"]), int(doc["seed"]), bool(doc["done"])
-            task, clock = str(doc["task"]), float(doc["clock"])
-        except (ValueError, TypeError, KeyError) as err:
+            doc = M.parse_episode(msg.data, ("episode", "seed", "done", "task", "clock"))
+            episode, seed, done, task, clock = (doc[k] for k in ("episode", "seed", "done", "task", "clock"))
+        except M.MessageError as err:
             self.get_logger().warning(f"ignored malformed /dexhier/sim/episode message: {err}")
             return
         if episode == self.episode:
