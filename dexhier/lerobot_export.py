@@ -161,7 +161,9 @@ class _Videos:
 
     def add(self, frames: np.ndarray) -> dict[str, Any]:
         """Append an episode's uint8 (T, H, W, 3) frames; returns its episode-row columns."""
-        if self._writer is not None and self._writer.path.stat().st_size > F.VIDEO_FILE_MB * 2**20:
+        # ffmpeg creates and grows the file on its own schedule: the size is a lower bound.
+        path = None if self._writer is None else self._writer.path
+        if path is not None and path.exists() and path.stat().st_size > F.VIDEO_FILE_MB * 2**20:
             self.close()
             self.counter += 1
         chunk, file = F.chunk_file(self.counter)
