@@ -38,6 +38,7 @@ from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from dexhier import vocabulary as V
+from dexhier.safety import LogThrottle
 from dexhier_ros import messages as M
 from dexhier_ros.runtime import log_summary, parameter, run_node
 from dexhier_ros.scheduling import apply_realtime_priority, default_scheduler
@@ -49,8 +50,11 @@ from sim.twin import TwinConfig, TwinEnv
 class TrajectoryFollower:
     """Linear interpolation of accepted trajectories for one controller (positions only, JTC-like)."""
 
-    def __init__(self, joints: tuple[str, ...], start: np.ndarray) -> None:
+    def __init__(
+        self, joints: tuple[str, ...], start: np.ndarray, limits: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> None:
         self.joints = joints
+        self.limits = limits  # (lower, upper) rad: a goal outside them is rejected, as a JTC does
         self._hold = start.copy()
         self._t0 = 0.0
         self._times = np.zeros(0)
@@ -58,7 +62,7 @@ class TrajectoryFollower:
 
     def accept(self, msg: JointTrajectory, now: float, current: np.ndarray) -> None:
         """Replace the active trajectory (raises MessageError if invalid)."""
-        times, points = M.parse_trajectory(msg, self.joints)
+        times, points = M.parse_trajectory(msg, self.joints, *(self.limits or (None, None)))
         stamp = M.from_time(msg.header.stamp)
         if stamp != 0.0 and stamp + times[-1] < now:
             raise M.MessageError(f"trajectory ends in the past (stamp {stamp:.3f} s, now {now:.3f} s)")
@@ -131,6 +135,7 @@ class TwinBridge(Node):
         self.create_service(Trigger, "/dexhier/sim/reset", self._on_reset)
         self.create_service(SetBool, "/dexhier/sim/pause", self._on_pause)
         self.paused = False
+        self.reject_log = LogThrottle()
         self.tick_times: collections.deque[float] = collections.deque(maxlen=100_000)  # wall s of each tick
         self.started = 0  # episodes started through /dexhier/sim/reset
         self.clock_offset = 0.0  # /clock stays monotonic across resets (the twin's time restarts at 0)
@@ -157,7 +162,16 @@ class TwinBridge(Node):
         try:
             follower.accept(msg, self._now(), self._current(follower.joints))
         except M.MessageError as err:
-            self.get_logger().warning(f"rejected {what} trajectory: {err}")
+            # Throttled per controller and reason, with counts: a flood must not flood the log.
+            reason = f"{what}:{str(err).split(':')[0].split(' ')[0]}"
+            quiet = self.reject_log.check(reason, time.monotonic())
+            if quiet is not None:
+                more = (
+                    f" (+{quiet} more since the last line, {self.reject_log.counts[reason]} in all)"
+                    if quiet
+                    else ""
+                )
+                self.get_logger().warning(f"rejected {what} trajectory: {str(err)[:300]}{more}")
 
     def _on_arm(self, msg: JointTrajectory) -> None:
         self._accept(self.arm, msg, "arm")
@@ -187,8 +201,9 @@ class TwinBridge(Node):
             self.obs = self.env.reset(seed)
         q = np.concatenate([self.obs[V.OBS_ARM_QPOS], self.obs[V.OBS_HAND_QPOS]])
         self.command = q.copy()
-        self.arm = TrajectoryFollower(self.arm_joints, q[: len(self.arm_joints)])
-        self.hand = TrajectoryFollower(self.hand_joints, q[len(self.arm_joints) :])
+        spec, n = self.env.action_spec, len(self.arm_joints)
+        self.arm = TrajectoryFollower(self.arm_joints, q[:n], (spec.lower[:n], spec.upper[:n]))
+        self.hand = TrajectoryFollower(self.hand_joints, q[n:], (spec.lower[n:], spec.upper[n:]))
         self.done, self.success, self.steps = False, False, 0
         # The start-up scene is idle; the recorded episodes are the first ones started by a reset.
         if self.video_dir and 1 <= self.started <= self.video_episodes:
