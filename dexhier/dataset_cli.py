@@ -38,9 +38,11 @@ def add_dataset_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) ->
     rm.set_defaults(func=cmd_rm)
     rec = ds_sub.add_parser(
         "recover",
-        help="turn journals left by a crash into episodes marked incomplete",
+        help="turn what a crash left into episodes marked incomplete; move damaged files aside",
         description="Recover the episodes a crashed recorder left in flight: every flushed step is committed "
-        "as an episode marked incomplete (success false). Do not run while a recorder writes to the dataset.",
+        "as an episode marked incomplete (success false), and a bag without footer is rewritten into a valid "
+        "MCAP. Damaged episodes and journal chunks are moved to ROOT/quarantine/, never deleted. Do not run "
+        "while a recorder writes to the dataset.",
     )
     common(rec)
     rec.set_defaults(func=cmd_recover)
@@ -67,21 +69,26 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from dexhier.dataset_review import episode_row
-    from dexhier.episodes import EpisodeDataset
+    from dexhier.dataset_review import episode_rows
 
-    rows = [episode_row(ep) for ep in EpisodeDataset(args.root)]
+    all_rows = episode_rows(args.root)
+    rows = [r for r in all_rows if "error" not in r]
     print(
         f"{'index':>6s} {'steps':>6s} {'dur_s':>7s} {'success':>7s}  {'end reason':28s} flags / instruction"
     )
-    for r in rows:
+    for r in all_rows:
+        if "error" in r:  # one line naming the damaged file; `dataset recover` moves it aside
+            print(f"{r['index']:6d} DAMAGED: {r['error']}")
+            continue
         extra = " ".join(r["flags"]) or r["instruction"]
         print(
             f"{r['index']:6d} {r['steps']:6d} {r['duration_s']:7.2f} {str(r['success']):>7s}  "
             f"{r['end_reason'][:28]:28s} {extra}"
         )
-    print(f"{len(rows)} episodes, {sum(r['success'] for r in rows)} successful")
-    _emit(args, {"episodes": rows})
+    damaged = len(all_rows) - len(rows)
+    note = f", {damaged} damaged (run `dexhier dataset recover` to move them aside)" if damaged else ""
+    print(f"{len(rows)} episodes, {sum(r['success'] for r in rows)} successful{note}")
+    _emit(args, {"episodes": all_rows})
     return 0
 
 

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -48,7 +49,11 @@ JOURNAL_PREFIX = ".inflight-"
 """Prefix of a journal directory, and of a teleop bag being written."""
 JOURNAL_FILE = "journal.json"
 LOCK_FILE = ".lock"
+QUARANTINE_DIR = "quarantine"
+"""``ROOT/quarantine/``: damaged files moved aside by recovery, never deleted (readers ignore it)."""
 _CHUNK_RE = re.compile(r"chunk_(\d{6})\.npz")
+# A chunk written but not yet renamed when the process died: as complete as a renamed one if it loads.
+_TMP_CHUNK_RE = re.compile(r"\.chunk_(\d{6})\.npz-[0-9a-f]+")
 _JOURNAL_RE = re.compile(re.escape(JOURNAL_PREFIX) + r"episode_(\d{6,})")
 
 
@@ -80,16 +85,27 @@ class JournaledRecorder:
         index: the episode index (must be free: neither committed nor journaled).
         meta: the free episode meta (task, instruction, ...), JSON-able.
         flush_every: steps buffered before a chunk is written to the journal (at 20 Hz, 20 = 1 s).
+        flush_interval: s (monotonic clock) after which the next step flushes whatever is buffered,
+            so a slow loop loses no more; None: by steps only. `flush_if_due` serves ticks without steps.
 
     OSError from the disk (full, read-only) propagates from `add_step` / `commit`; the journal
     then still holds every step flushed before, for `recover`.
     """
 
     def __init__(
-        self, writer: EpisodeWriter, index: int, meta: Mapping[str, Any], flush_every: int = 20
+        self,
+        writer: EpisodeWriter,
+        index: int,
+        meta: Mapping[str, Any],
+        flush_every: int = 20,
+        flush_interval: float | None = 0.5,
     ) -> None:
         if flush_every < 1:
             raise ValueError(f"flush_every must be >= 1, got {flush_every}")
+        if flush_interval is not None and not flush_interval > 0:
+            raise ValueError(f"flush_interval must be > 0 s or None, got {flush_interval}")
+        self.flush_interval = flush_interval
+        self._flushed_at = time.monotonic()
         self.path = journal_path(writer.root, index)
         if self.path.exists():
             raise FileExistsError(f"episode {index} has a journal at {self.path}; recover it first")
@@ -129,6 +145,17 @@ class JournaledRecorder:
         self._rec.add_step(step)
         if self._rec.num_steps - self._flushed >= self.flush_every:
             self.flush()
+        else:
+            self.flush_if_due()
+
+    def flush_if_due(self) -> bool:
+        """Flush if steps are waiting and ``flush_interval`` s have passed since the last flush."""
+        if self.flush_interval is None or time.monotonic() - self._flushed_at < self.flush_interval:
+            return False
+        if self._rec.closed or self._rec.num_steps == self._flushed:
+            return False
+        self.flush()
+        return True
 
     def flush(self) -> None:
         """Write the steps not yet in the journal as one chunk (fsynced, then renamed into place)."""
@@ -146,6 +173,7 @@ class JournaledRecorder:
         fsync_dir(self.path)
         self._flushed = self._rec.num_steps
         self._chunks += 1
+        self._flushed_at = time.monotonic()
 
     def commit(self, success: bool, meta: Mapping[str, Any] | None = None) -> Path:
         """Commit the episode atomically, then delete its journal; returns the episode directory."""
@@ -161,29 +189,140 @@ class JournaledRecorder:
 
 @dataclass(frozen=True)
 class Recovery:
-    """What `recover` did with one journal. ``action``: "committed", "removed" or "kept"."""
+    """What `recover` did with one journal.
+
+    ``action``: "committed", "removed" (nothing flushed, or already committed), "quarantined" (no
+    intact chunk: the journal was moved to ``ROOT/quarantine/``) or "kept" (recovery itself failed,
+    e.g. a disk error: the journal is left in place). ``quarantined``: paths moved aside.
+    """
 
     index: int
     action: str
     steps: int
     message: str
+    quarantined: tuple[str, ...] = ()
 
 
 INCOMPLETE_REASON = "the recorder stopped before the episode ended; recovered from its journal"
 
 
-def _load_chunks(path: Path) -> tuple[dict[str, np.ndarray], int]:
-    chunks = sorted(p for p in path.iterdir() if _CHUNK_RE.fullmatch(p.name))
-    parts: dict[str, list[np.ndarray]] = {}
-    for chunk in chunks:
-        with np.load(chunk, allow_pickle=False) as npz:
-            for key in npz.files:
-                parts.setdefault(key, []).append(npz[key])
-    arrays = {k: np.concatenate(v) for k, v in parts.items()}
-    lengths = {len(a) for a in arrays.values()}
-    if len(lengths) > 1:
-        raise ValueError(f"chunks of {path} disagree on the number of steps: {sorted(lengths)}")
-    return arrays, (lengths.pop() if lengths else 0)
+def quarantine(root: str | os.PathLike[str], paths: list[Path], name: str, reason: str) -> Path:
+    """Move ``paths`` (inside the dataset) to ``ROOT/quarantine/<name>-<UTC time>-<id>/`` with a
+    ``reason.txt``; returns that directory. Nothing is deleted: a person may still rescue the data."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    dest = Path(root) / QUARANTINE_DIR / f"{name}-{stamp}-{uuid.uuid4().hex[:6]}"
+    dest.mkdir(parents=True)
+    write_durably(dest / "reason.txt", (reason.rstrip() + "\n").encode("utf-8"))
+    for path in paths:
+        os.replace(path, dest / path.name)  # same file system: a rename, never a copy and delete
+        fsync_dir(path.parent)
+    fsync_dir(dest)
+    fsync_dir(dest.parent)
+    return dest
+
+
+def _read_chunk(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of one journal chunk; ValueError naming the file if it is damaged in any way."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except Exception as err:  # BadZipFile, EOFError, zlib.error, OSError, ...
+        raise ValueError(f"{path.name}: {type(err).__name__}: {err}") from err
+    lengths = {len(a) if a.ndim else -1 for a in arrays.values()}
+    if not arrays or len(lengths) != 1 or min(lengths) < 1:
+        raise ValueError(f"{path.name}: keys disagree on the number of steps ({sorted(lengths)})")
+    return arrays
+
+
+def _load_chunks(path: Path) -> tuple[dict[str, np.ndarray], int, list[tuple[Path, str]], list[int]]:
+    """(arrays, steps, damaged chunks with why, step indices after which a damaged chunk is missing).
+
+    Every chunk that loads and matches the first intact one (keys, per-step shape and dtype) is kept,
+    in chunk order; the others are returned as damaged.
+    """
+    found: dict[int, Path] = {}
+    for p in sorted(path.iterdir()):
+        m = _CHUNK_RE.fullmatch(p.name) or _TMP_CHUNK_RE.fullmatch(p.name)
+        if m and (int(m.group(1)) not in found or not p.name.startswith(".")):
+            found[int(m.group(1))] = p
+    good: list[dict[str, np.ndarray]] = []
+    damaged: list[tuple[Path, str]] = []
+    gaps: list[int] = []
+    spec: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None
+    steps = 0
+    for number in sorted(found):
+        chunk = found[number]
+        try:
+            arrays = _read_chunk(chunk)
+            got = {k: (a.shape[1:], a.dtype) for k, a in arrays.items()}
+            spec = got if spec is None else spec
+            if got != spec:
+                raise ValueError(f"{chunk.name}: keys, shapes or dtypes differ from the other chunks")
+        except ValueError as err:
+            damaged.append((chunk, str(err)))
+            gaps.append(steps)
+            continue
+        good.append(arrays)
+        steps += len(next(iter(arrays.values())))
+    arrays = {k: np.concatenate([g[k] for g in good]) for k in spec} if good and spec else {}
+    gaps = sorted({g for g in gaps if 0 < g < steps})  # a lost head or tail is not a gap between steps
+    return arrays, steps, damaged, gaps
+
+
+def _recover_one(
+    writer: EpisodeWriter, index: int, extra_meta: Callable[[int], dict[str, Any]] | None
+) -> Recovery:
+    path = journal_path(writer.root, index)
+    root = Path(writer.root)
+    if not any(_CHUNK_RE.fullmatch(p.name) or _TMP_CHUNK_RE.fullmatch(p.name) for p in path.iterdir()):
+        shutil.rmtree(path)
+        return Recovery(index, "removed", 0, f"episode {index}: no step was flushed")
+    if writer.episode_path(index).exists():
+        # Committed, then killed before the journal was deleted: the episode is whole.
+        shutil.rmtree(path)
+        return Recovery(index, "removed", 0, f"episode {index} was already committed")
+    arrays, steps, damaged, gaps = _load_chunks(path)
+    problems = [why for _, why in damaged]
+    try:
+        doc = json.loads((path / JOURNAL_FILE).read_text(encoding="utf-8"))
+        meta = doc.get("meta", {}) if isinstance(doc, dict) else None
+        if not isinstance(meta, dict):
+            raise ValueError("no meta object")
+    except (OSError, ValueError) as err:  # the steps are still worth keeping without their meta
+        meta = {}
+        problems.append(f"{JOURNAL_FILE}: {err}")
+        if (path / JOURNAL_FILE).exists():
+            damaged.append((path / JOURNAL_FILE, str(err)))
+    name = f"{episode_dirname(index)}-journal"
+    if steps == 0:  # nothing intact: move the whole journal aside (it no longer blocks its index)
+        dest = quarantine(root, [path], name, "no intact journal chunk:\n" + "\n".join(problems))
+        moved = (str((dest / path.name).relative_to(root)),)
+        return Recovery(index, "quarantined", 0, f"episode {index}: no intact journal chunk "
+                        f"({'; '.join(problems)}); journal moved to {moved[0]}", moved)  # fmt: skip
+    moved: tuple[str, ...] = ()
+    if damaged:  # moved aside before the commit: a later run never finds them in a removed journal
+        dest = quarantine(root, [p for p, _ in damaged], name, "\n".join(problems))
+        moved = tuple(str((dest / p.name).relative_to(root)) for p, _ in damaged)
+    rec = writer.begin(index, meta)
+    for t in range(steps):
+        rec.add_step({k: a[t] for k, a in arrays.items()})
+    extra = (
+        {"quarantined": list(moved), "recovery_gaps": gaps, "recovery_problems": problems} if damaged else {}
+    )
+    rec.commit(
+        success=False,
+        meta={
+            "incomplete": True,
+            "end_reason": INCOMPLETE_REASON,
+            "recovered_steps": steps,
+            **extra,
+            **(extra_meta(index) if extra_meta is not None else {}),
+        },  # fmt: skip
+    )
+    shutil.rmtree(path)
+    note = f"; damaged, moved aside: {', '.join(moved)}" if moved else ""
+    message = f"episode {index}: {steps} steps recovered, marked incomplete{note}"
+    return Recovery(index, "committed", steps, message, moved)
 
 
 def recover(
@@ -191,47 +330,21 @@ def recover(
 ) -> list[Recovery]:
     """Turn every journal left in the dataset into a committed episode marked incomplete.
 
-    A journal with no flushed step is removed. A journal that cannot be read (a damaged chunk) is
-    kept where it is and reported, so no data is deleted that a person might still rescue.
+    Every intact chunk is kept, in order (``meta.recovery_gaps``: step indices where a damaged chunk
+    is missing); damaged chunks and an unreadable ``journal.json`` are moved to ``ROOT/quarantine/``
+    (``meta.quarantined``), never deleted. A journal with no flushed step is removed; one with no
+    intact chunk is quarantined whole. One journal's failure is reported and never stops the others.
     ``extra_meta(index)`` adds to a recovered episode's meta (the bag it left, say). Must not run
     while another process records into the same dataset (hold `DatasetLock`).
     """
     results: list[Recovery] = []
     for index in inflight_indices(writer.root):
-        path = journal_path(writer.root, index)
-        if not any(_CHUNK_RE.fullmatch(p.name) for p in path.iterdir()):
-            shutil.rmtree(path, ignore_errors=True)
-            results.append(Recovery(index, "removed", 0, f"episode {index}: no step was flushed"))
-            continue
         try:
-            doc = json.loads((path / JOURNAL_FILE).read_text(encoding="utf-8"))
-            arrays, steps = _load_chunks(path)
-        except (OSError, ValueError, KeyError) as err:
-            results.append(Recovery(index, "kept", 0, f"journal {path} is unreadable ({err}); left in place"))
-            continue
-        if writer.episode_path(index).exists():
-            # Committed, then killed before the journal was deleted: the episode is whole.
-            shutil.rmtree(path, ignore_errors=True)
-            results.append(Recovery(index, "removed", steps, f"episode {index} was already committed"))
-            continue
-        rec = writer.begin(index, doc.get("meta", {}))
-        for t in range(steps):
-            rec.add_step({k: a[t] for k, a in arrays.items()})
-        rec.commit(
-            success=False,
-            meta={
-                "incomplete": True,
-                "end_reason": INCOMPLETE_REASON,
-                "recovered_steps": steps,
-                **(extra_meta(index) if extra_meta is not None else {}),
-            },  # fmt: skip
-        )
-        shutil.rmtree(path, ignore_errors=True)
-        results.append(
-            Recovery(
-                index, "committed", steps, f"episode {index}: {steps} steps recovered, marked incomplete"
-            )
-        )
+            results.append(_recover_one(writer, index, extra_meta))
+        except Exception as err:  # a disk error, say: report it, leave the journal, go on
+            path = journal_path(writer.root, index)
+            results.append(Recovery(index, "kept", 0, f"journal {path} could not be recovered "
+                                    f"({type(err).__name__}: {err}); left in place"))  # fmt: skip
     return results
 
 
@@ -248,8 +361,10 @@ class DatasetLock:
         self._fd: int | None = None
 
     def acquire(self) -> DatasetLock:
-        """Take the lock; RuntimeError naming the holder's pid if another process has it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Take the lock; RuntimeError naming the holder's pid if another process has it,
+        FileNotFoundError if the dataset directory does not exist (it is never created here)."""
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(f"{self.path.parent} does not exist (no dataset there)")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -81,7 +81,7 @@ def test_recover_commits_flushed_steps_bit_identical_marked_incomplete(tmp_path)
     assert ds.episode(0).num_steps == 4 and ds.episode(0).success  # untouched
 
 
-def test_recover_removes_empty_journals_and_keeps_unreadable_ones(tmp_path):
+def test_recover_removes_empty_journals_and_quarantines_unreadable_ones(tmp_path):
     writer = EpisodeWriter(tmp_path, META)
     empty = JournaledRecorder(writer, 0, {}, flush_every=100)
     empty.add_step(_step(0))
@@ -90,7 +90,10 @@ def test_recover_removes_empty_journals_and_keeps_unreadable_ones(tmp_path):
     (broken.path / "chunk_000000.npz").write_bytes(b"not a zip")
     results = {r.index: r for r in recover(writer)}
     assert results[0].action == "removed" and not journal_path(tmp_path, 0).exists()
-    assert results[1].action == "kept" and journal_path(tmp_path, 1).exists()
+    # Moved aside whole (never deleted), so it no longer blocks its index or the next start-up.
+    assert results[1].action == "quarantined" and not journal_path(tmp_path, 1).exists()
+    (moved,) = results[1].quarantined
+    assert (tmp_path / moved / "chunk_000000.npz").read_bytes() == b"not a zip"
     assert len(EpisodeDataset(tmp_path)) == 0
 
 

@@ -331,15 +331,22 @@ def test_usage_errors(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
-def test_disk_full_propagates_as_oserror():
-    # Every write to /dev/full fails with ENOSPC; uncompressed, so the 8 KiB file buffer fills.
-    w = bag.McapBagWriter("/dev/full", chunk_size=1024, compression="none")
+def test_disk_full_propagates_as_oserror(tmp_path):
+    # Every write to /dev/full fails with ENOSPC. The header is written through at once (a bag is
+    # never left 0 bytes long), so a full disk shows when the bag is opened.
+    with pytest.raises(OSError) as info:
+        bag.McapBagWriter("/dev/full", chunk_size=1024, compression="none")
+    assert info.value.errno == errno.ENOSPC
+    # Later, a sync (due by time) writes the chunk through: the disk error comes from that write.
+    w = bag.McapBagWriter(tmp_path / "b.mcap", compression="none", sync_interval=1e-6)
     w.add_topic("/cam", "sensor_msgs/msg/Image")
     img = M.image(np.zeros((64, 64, 3), np.uint8), 0.0, "cam")
-    with pytest.raises(OSError) as info:
-        for i in range(10):  # the buffered file writes through once its 8 KiB buffer is full
-            w.write_message("/cam", img, i)
-    assert info.value.errno == errno.ENOSPC
+    w.write_message("/cam", img, 0)
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, w._file.fileno())  # the bag's descriptor now fails every write, as a full disk does
+    os.close(full)
+    with pytest.raises(OSError):
+        w.write_message("/cam", img, 1)
     with pytest.raises(OSError):
         w.close()
     assert w.closed

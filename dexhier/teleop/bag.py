@@ -10,14 +10,20 @@ objects serialised by ``cdr_bytes``. Times are integer nanoseconds on the record
 
 The writer uses the ``mcap`` library; ``read_bag_summary`` reads back with ``rosbags``, a separate
 implementation, so a round trip checks both. MCAP is append-only: a crash loses the chunk in flight
-and the summary at the end (``is_complete`` tells), not the chunks written before; ``mcap recover``
-(MCAP CLI) rewrites such a file with a summary.
+and the summary at the end (``is_complete`` tells), not the chunks written before. The writer ends
+its chunk and fsyncs every ``sync_interval`` s (0.5 s), so a ``kill -9`` or power loss costs at most
+that much; ``recover_bag`` rewrites such a file into a valid, indexed MCAP of every intact chunk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import time
+import uuid
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Self
@@ -128,17 +134,31 @@ class McapBagWriter:
     """One MCAP file, ROS 2 profile: schema encoding 'ros2msg', message encoding 'cdr', zstd chunks.
 
     ``path``: the .mcap file to write (created, or truncated if it exists). ``chunk_size``: bytes of
-    uncompressed messages per chunk (1 MiB, rosbag2's default); a crash loses at most the chunk in
-    flight. ``compression``: 'zstd' | 'lz4' | 'none'. Disk errors (``OSError``, e.g. ENOSPC) propagate
-    unchanged from every method. Use as a context manager, or call ``close``.
+    uncompressed messages per chunk (1 MiB, rosbag2's default). ``sync_interval``: s (monotonic clock)
+    after which a write ends the chunk and fsyncs the file (None: by size only), so a crash loses at
+    most that much; call ``sync_if_due`` from a timer when messages may stop coming. ``compression``:
+    'zstd' | 'lz4' | 'none'. Disk errors (``OSError``, e.g. ENOSPC) propagate unchanged from every
+    method. Use as a context manager, or call ``close``.
     """
 
-    def __init__(self, path: str | Path, *, chunk_size: int = 1 << 20, compression: str = "zstd") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        chunk_size: int = 1 << 20,
+        compression: str = "zstd",
+        sync_interval: float | None = 0.5,
+    ) -> None:
         if compression not in _COMPRESSION:
             raise ValueError(f"compression must be one of {sorted(_COMPRESSION)}, not {compression!r}")
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be > 0 bytes, not {chunk_size}")
+        if sync_interval is not None and not sync_interval > 0:
+            raise ValueError(f"sync_interval must be > 0 s or None, not {sync_interval}")
         self.path = Path(path)
+        self.sync_interval = sync_interval
+        self._synced_at = time.monotonic()
+        self._unsynced = False  # messages written since the last sync
         self.counts: dict[str, int] = {}
         """Messages written per topic (topics added but never written count 0)."""
         self._types: dict[str, str] = {}  # topic -> msgtype
@@ -150,8 +170,11 @@ class McapBagWriter:
         try:
             self._mcap = _McapWriter(self._file, chunk_size=chunk_size, compression=_COMPRESSION[compression])
             self._mcap.start(profile="ros2", library=_LIBRARY)
+            self._file.flush()  # the header on disk now, not in Python's buffer: never a 0-byte bag
+            _fsync_dir(self.path.parent)
         except BaseException:
-            self._file.close()
+            with contextlib.suppress(OSError):  # the first error (a full disk, say) is the one to report
+                self._file.close()
             raise
 
     @property
@@ -221,6 +244,8 @@ class McapBagWriter:
             sequence=self.counts[topic] & 0xFFFFFFFF,  # u32 field; rosbag2 puts a per-topic counter here
         )
         self.counts[topic] += 1
+        self._unsynced = True
+        self.sync_if_due()
 
     def write_message(
         self, topic: str, msg: Any, log_time_ns: int, publish_time_ns: int | None = None
@@ -242,6 +267,22 @@ class McapBagWriter:
         self._check_open()
         self._mcap.flush()
 
+    def sync(self) -> None:
+        """Write the chunk in progress and fsync: every message written so far survives a crash."""
+        self._check_open()
+        self._mcap.flush()
+        os.fsync(self._file.fileno())
+        self._synced_at = time.monotonic()
+        self._unsynced = False
+
+    def sync_if_due(self) -> bool:
+        """``sync`` if messages are waiting and ``sync_interval`` s have passed; True if it synced."""
+        due = self.sync_interval is not None and time.monotonic() - self._synced_at >= self.sync_interval
+        if not (due and self._unsynced and not self._closed):
+            return False
+        self.sync()
+        return True
+
     def close(self) -> None:
         """Write the summary and footer and close the file; later calls do nothing."""
         if self._closed:
@@ -250,6 +291,7 @@ class McapBagWriter:
         try:
             self._mcap.finish()
             self._file.flush()
+            os.fsync(self._file.fileno())  # complete on disk before the caller renames it
         finally:
             # Closed even if finish failed (disk full): the caller gets the OSError, no leaked handle.
             self._size = self._file.tell()
@@ -262,6 +304,14 @@ class McapBagWriter:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def is_complete(path: str | Path) -> bool:
@@ -315,3 +365,108 @@ def read_bag_summary(path: str | Path, *, deserialize: bool = True) -> dict[str,
     for topic, entry in summary.items():
         entry["count"] = counts[topic]
     return summary
+
+
+@dataclass
+class BagRecovery:
+    """What `recover_bag` kept of a bag."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    """Messages kept per topic."""
+    last_log_time_ns: int | None = None
+    complete: bool = False
+    """The source had its footer (nothing was lost)."""
+    damaged_chunks: int = 0
+    """Chunks skipped because their data failed to decompress or its CRC."""
+    stopped: str = ""
+    """Why reading stopped before a footer (the cut tail of a killed writer), else ''."""
+    intact_bytes: int = 0
+    """Bytes of the source read as whole records: what follows is the unreadable tail."""
+
+    @property
+    def messages(self) -> int:
+        return sum(self.counts.values())
+
+
+def recover_bag(src: str | Path, dst: str | Path) -> BagRecovery:
+    """Rewrite the MCAP file ``src`` (say, left without a footer by a killed writer) into ``dst``.
+
+    ``dst`` is a valid, indexed MCAP (summary, chunk and message indexes, footer) holding every message
+    of every intact chunk of ``src`` with its channel, schema, times and sequence number. A chunk
+    whose data fails its CRC is skipped and reading goes on; reading stops at the first record that is
+    cut off (the tail a crash leaves). ``dst`` is written to a temporary file, fsynced and renamed, so
+    it is whole or absent; ``src`` is not modified. A file without even a header gives an empty bag.
+    """
+    from mcap.records import Channel, Chunk, Header, Message, Metadata, Schema
+    from mcap.stream_reader import StreamReader, breakup_chunk
+
+    src, dst = Path(src), Path(dst)
+    result = BagRecovery()
+    tmp = dst.with_name(f".{dst.name}-{uuid.uuid4().hex[:8]}.tmp")
+    schemas: dict[int, int] = {0: 0}  # source id -> id in dst (0: no schema)
+    channels: dict[int, tuple[int, str]] = {}  # source id -> (id in dst, topic)
+    try:
+        with open(src, "rb") as f, open(tmp, "xb") as out:
+            writer = _McapWriter(out, chunk_size=1 << 20, compression=CompressionType.ZSTD)
+            started = False
+
+            def start(profile: str = "ros2", library: str = _LIBRARY) -> None:
+                nonlocal started
+                if not started:
+                    writer.start(profile=profile, library=library)
+                    started = True
+
+            def take(record: Any) -> None:
+                if isinstance(record, Header):
+                    start(record.profile, record.library)
+                    return
+                start()
+                if isinstance(record, Schema) and record.id not in schemas:
+                    schemas[record.id] = writer.register_schema(record.name, record.encoding, record.data)
+                elif isinstance(record, Channel) and record.id not in channels:
+                    if record.schema_id not in schemas:
+                        return  # its schema was in a damaged chunk: the channel cannot be decoded
+                    cid = writer.register_channel(
+                        record.topic, record.message_encoding, schemas[record.schema_id], record.metadata
+                    )
+                    channels[record.id] = (cid, record.topic)
+                    result.counts.setdefault(record.topic, 0)
+                elif isinstance(record, Message) and record.channel_id in channels:
+                    cid, topic = channels[record.channel_id]
+                    writer.add_message(
+                        cid, record.log_time, record.data, record.publish_time, record.sequence
+                    )
+                    result.counts[topic] += 1
+                    last = result.last_log_time_ns
+                    result.last_log_time_ns = record.log_time if last is None else max(last, record.log_time)
+                elif isinstance(record, Metadata):
+                    writer.add_metadata(record.name, record.metadata)
+
+            try:
+                result.intact_bytes = len(MCAP_MAGIC) if f.read(len(MCAP_MAGIC)) == MCAP_MAGIC else 0
+                f.seek(0)
+                for record in StreamReader(f, emit_chunks=True).records:
+                    if isinstance(record, Chunk):
+                        try:
+                            inner = breakup_chunk(record, validate_crc=True)
+                        except Exception:  # bad compressed data or CRC: skip this chunk, keep the rest
+                            result.damaged_chunks += 1
+                            continue
+                        for r in inner:
+                            take(r)
+                    else:
+                        take(record)
+                    result.intact_bytes = f.tell()
+                result.complete = True
+            except Exception as err:  # a cut or garbled record: everything before it is kept
+                result.stopped = f"{type(err).__name__}: {err}".rstrip(": ")
+            start()
+            writer.finish()
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dst)
+        _fsync_dir(dst.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return result
