@@ -449,8 +449,10 @@ def cmd_eval_affordance(args: argparse.Namespace) -> int:
 def cmd_bench_affordance(args: argparse.Namespace) -> int:
     from perception.encoder import AffordanceEncoder
     from perception.evaluation import bench
+    from perception.label_free_eval import bench as bench_label_free
 
     result = bench(AffordanceEncoder.load(args.checkpoint), repeats=args.repeats)
+    result.update(bench_label_free(repeats=args.repeats))
     _print_figures(result, 16, 3)
     _emit(args, result)
     return 0
@@ -836,6 +838,9 @@ def build_parser() -> argparse.ArgumentParser:
     ea.add_argument("--workers", type=_positive, default=2, help="data-generation processes (default: 2)")
     add_json(ea)
     ea.set_defaults(func=cmd_eval_affordance)
+    from dexhier.perception_cli import add_commands as add_perception_commands
+
+    add_perception_commands(ev_sub, add_json, _positive)
 
     be = sub.add_parser("bench", help="benchmarks")
     be_sub = be.add_subparsers(dest="bench_command", required=True, metavar="TARGET", parser_class=_Parser)
@@ -853,7 +858,9 @@ def build_parser() -> argparse.ArgumentParser:
         "affordance",
         help="preprocessing + encoding latency per cloud",
         description="Latency of the whole perception step (pipeline + network) on a raw wrist-camera cloud "
-        "from 64x64 and 320x240 depth; p50 and p99 over repeats (keys p50_ms / p99_ms are for 320x240).",
+        "from 64x64 and 320x240 depth; p50 and p99 over repeats (keys p50_ms / p99_ms are for 320x240). "
+        "label_free_p50_ms / label_free_p99_ms: label-free perception (no segmentation labels) of one "
+        "320x240 workspace + wrist depth pair.",
     )
     ba.add_argument(
         "--checkpoint", type=Path, default=DEFAULT_AFFORDANCE, help="checkpoint (default: %(default)s)"

@@ -57,10 +57,14 @@ FRAME_TOOL_TIP = "tool_tip"
 """Midpoint between the two tweezer tips."""
 FRAME_SCENE_CAMERA = "scene_camera_optical_frame"
 FRAME_WRIST_CAMERA = "wrist_camera_optical_frame"
+FRAME_WORKSPACE_CAMERA = "workspace_camera_optical_frame"
 
 # --- Cameras ------------------------------------------------------------------------------
-CAMERAS: tuple[str, ...] = ("scene", "wrist")
-"""Camera names. ``scene`` is fixed in the cell; ``wrist`` rides on the hand."""
+CAMERAS: tuple[str, ...] = ("scene", "wrist", "workspace")
+"""Camera names. ``scene`` is fixed in the cell, 0.7 m away; ``wrist`` rides on the hand;
+``workspace`` is fixed about 0.3 m from the object patch and sees the tips and the object."""
+DEFAULT_CAMERAS: tuple[str, ...] = ("scene", "wrist")
+"""Cameras the twin renders unless told otherwise (the images the shipped image policies use)."""
 
 
 # --- Observation keys ----------------------------------------------------------------------

@@ -34,6 +34,7 @@ BIN_INNER_HALF = 0.07
 BIN_WALL_HEIGHT = 0.05
 SCENE_CAMERA = "scene"
 WRIST_CAMERA = "wrist"
+WORKSPACE_CAMERA = "workspace"
 
 # Contact groups (bit masks). A pair collides when (contype_a & conaffinity_b) or the reverse.
 _GROUP_ENV, _GROUP_OBJECT, _GROUP_TOOL, _GROUP_HAND, _GROUP_ARM = 1, 2, 4, 8, 16
@@ -89,6 +90,35 @@ HANDS: dict[str, str] = {"leap_like": "built-in LEAP-like 16-DoF hand"}
 
 
 @dataclass(frozen=True)
+class CameraMount:
+    """A fixed camera of the cell: position and look-at target in ``base_link`` (m), vertical
+    field of view (deg). The image's up direction is world +z."""
+
+    pos: tuple[float, float, float]
+    target: tuple[float, float, float]
+    fovy: float
+
+    def __post_init__(self) -> None:
+        for name in ("pos", "target"):
+            v = np.asarray(getattr(self, name), dtype=np.float64)
+            if v.shape != (3,) or not np.all(np.isfinite(v)):
+                raise CellBuildError(f"camera {name} must be 3 finite numbers (m), got {v.tolist()!r}")
+            object.__setattr__(self, name, tuple(float(x) for x in v))
+        fwd = np.subtract(self.target, self.pos)
+        if np.linalg.norm(fwd) < 1e-3 or np.linalg.norm(np.cross(fwd, (0.0, 0.0, 1.0))) < 1e-6:
+            raise CellBuildError("camera target must differ from its position, not straight below or above")
+        if not 10.0 <= float(self.fovy) <= 120.0:
+            raise CellBuildError(f"camera fovy must be in [10, 120] deg, got {self.fovy}")
+
+
+WORKSPACE_CAMERA_MOUNT = CameraMount(pos=(0.49, -0.30, 0.16), target=(0.49, 0.0, 0.02), fovy=55.0)
+"""The close workspace camera: beside the object patch (0.33 m from its centre, 25 deg below
+horizontal), looking across the arm's reach so the tool never stands between it and the object.
+Chosen by measured object visibility through expert episodes (``dexhier eval visibility``;
+docs/benchmarks.md, "Cameras")."""
+
+
+@dataclass(frozen=True)
 class CellConfig:
     """Parameters of the cell model.
 
@@ -102,6 +132,8 @@ class CellConfig:
         physics_hz: physics rate (Hz); the timestep is its inverse.
         arm_home: arm home joint positions (rad), or None for the built-in home pose or, for
             a user MJCF, its ``home`` keyframe (zeros if it has none).
+        workspace_camera: mount of the close fixed RGB-D camera that sees the tips and the object
+            (``WORKSPACE_CAMERA``); a real cell sets its calibrated pose here.
     """
 
     arm: str = "ur5e_like"
@@ -112,6 +144,7 @@ class CellConfig:
     tool: TweezerParams = field(default_factory=TweezerParams)
     physics_hz: float = 500.0
     arm_home: tuple[float, ...] | None = None
+    workspace_camera: CameraMount = WORKSPACE_CAMERA_MOUNT
 
     def __post_init__(self) -> None:
         if not 50.0 <= self.physics_hz <= 5000.0:
@@ -178,6 +211,9 @@ def _world_mjcf(cfg: CellConfig, obj: ObjectParams) -> str:
     cam_quat = _look_at_quat(cam_pos, np.array([0.42, 0.1, 0.12]))
     cam = " ".join(f"{v:.6f}" for v in cam_pos)
     camq = " ".join(f"{v:.6f}" for v in cam_quat)
+    wcam = cfg.workspace_camera
+    ws = " ".join(f"{v:.6f}" for v in wcam.pos)
+    wsq = " ".join(f"{v:.6f}" for v in _look_at_quat(np.array(wcam.pos), np.array(wcam.target)))
     bx, by = BIN_CENTER
     bi, bh, bt = BIN_INNER_HALF, BIN_WALL_HEIGHT / 2, 0.004
     ox, oy = obj.xy
@@ -220,6 +256,7 @@ def _world_mjcf(cfg: CellConfig, obj: ObjectParams) -> str:
     </body>
     {tool_mod.tweezer_body_mjcf(cfg.tool)}
     <camera name="{SCENE_CAMERA}" pos="{cam}" quat="{camq}" fovy="52"/>
+    <camera name="{WORKSPACE_CAMERA}" pos="{ws}" quat="{wsq}" fovy="{wcam.fovy}"/>
   </worldbody>
   <equality>
     {tool_mod.tool_equality_mjcf()}

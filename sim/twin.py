@@ -56,7 +56,7 @@ class TwinConfig:
     cell: CellConfig = field(default_factory=CellConfig)
     image_width: int = 64
     image_height: int = 64
-    cameras: tuple[str, ...] = V.CAMERAS
+    cameras: tuple[str, ...] = V.DEFAULT_CAMERAS
     render: bool = True
     points: bool = True
     points_camera: str = SCENE_CAMERA
