@@ -420,3 +420,10 @@ class LogThrottle:
             return None
         self._last[reason] = now
         return self._quiet.pop(reason, 0)
+
+    def message(self, reason: str, text: str, now: float) -> str | None:
+        """``text`` to log now, with the suppressed count appended, or None to stay quiet."""
+        quiet = self.check(reason, now)
+        if quiet is None:
+            return None
+        return text + (f" (+{quiet} more since the last line, {self.counts[reason]} in all)" if quiet else "")

@@ -84,9 +84,9 @@ class EpisodeCoordinator(Node):
         try:
             doc = parse_episode(msg.data, ("episode", "seed", "done"))
         except MessageError as err:
-            if self.episode_log.check("malformed", time.monotonic()) is not None:
-                self.get_logger().warning(f"ignored malformed /dexhier/sim/episode message: {err} "
-                                          f"({self.episode_log.counts['malformed']} so far)")  # fmt: skip
+            text = f"ignored malformed /dexhier/sim/episode message: {err}"
+            if line := self.episode_log.message("malformed", text, time.monotonic()):
+                self.get_logger().warning(line)
             return
         self.status = doc
 

@@ -10,6 +10,8 @@ policy node has the same outputs but reads only cameras and joint states.
 
 from __future__ import annotations
 
+import time
+
 import mujoco
 import numpy as np
 from rclpy.node import Node
@@ -17,11 +19,15 @@ from rclpy.qos import QoSProfile
 from std_msgs.msg import Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
+from dexhier.safety import LogThrottle
 from dexhier_ros import messages as M
 from dexhier_ros.runtime import parameter, run_node
 from dexhier_ros.scheduling import apply_realtime_priority, default_scheduler
 from sim.expert import ExpertPolicy
 from sim.twin import TwinConfig, TwinEnv
+
+STATE_BOUND = 1e4
+"""Largest magnitude of a /dexhier/sim/state value (s, m, rad, m/s, rad/s) taken as a real state."""
 
 
 class ExpertPolicyNode(Node):
@@ -43,6 +49,11 @@ class ExpertPolicyNode(Node):
         self.episode = 0
         self.state_time = -1.0
         self.acted_time = -1.0
+        self.log = LogThrottle()  # rejected input: a line per reason and second, with counts
+
+    def _warn(self, reason: str, text: str) -> None:
+        if line := self.log.message(reason, text, time.monotonic()):
+            self.get_logger().warning(line)
 
     def _on_episode(self, msg: String) -> None:
         try:
@@ -54,8 +65,7 @@ class ExpertPolicyNode(Node):
                 doc.get("instruction", ""),
             )
         except M.MessageError as err:
-            self.get_logger().warning(f"ignored malformed /dexhier/sim/episode message: {err}")
-            return
+            return self._warn("episode", f"ignored malformed /dexhier/sim/episode message: {err}")
         if episode == 0:  # the idle start-up scene: nothing to do until an episode starts
             self.seed = None
         elif episode != self.episode and not done:
@@ -71,11 +81,13 @@ class ExpertPolicyNode(Node):
         if self.seed is None:
             return
         data = np.asarray(msg.data, dtype=np.float64)
-        if len(data) != 1 + m.nq + m.nv or not np.all(np.isfinite(data)):
-            self.get_logger().warning(
-                f"ignored /dexhier/sim/state: {len(data)} values (expected {1 + m.nq + m.nv}) or non-finite"
+        # Finite is not enough: a state of 1e300 would make the mirror (and its IK) meaningless.
+        if len(data) != 1 + m.nq + m.nv or not np.all(np.abs(data) <= STATE_BOUND):
+            return self._warn(
+                "state",
+                f"ignored /dexhier/sim/state: {len(data)} values (expected {1 + m.nq + m.nv}), "
+                f"non-finite or beyond {STATE_BOUND:g}",
             )
-            return
         d.time = data[0]
         d.qpos[:] = data[1 : 1 + m.nq]
         d.qvel[:] = data[1 + m.nq :]
@@ -85,7 +97,8 @@ class ExpertPolicyNode(Node):
 
     def _act(self) -> None:
         """One action per fresh twin state, right when it arrives (no timer phase lag)."""
-        if self.seed is None or self.state_time < 0 or self.state_time <= self.acted_time:
+        # Once per state (not "newer than the last acted on": one bogus future time would stop it).
+        if self.seed is None or self.state_time < 0 or self.state_time == self.acted_time:
             return  # no fresh state: send nothing, the safety supervisor holds on staleness
         action = self.expert.select_action(None)
         self.acted_time = self.state_time

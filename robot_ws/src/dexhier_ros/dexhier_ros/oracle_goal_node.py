@@ -88,7 +88,9 @@ class OracleGoalNode(Node):
             doc = M.parse_episode(msg.data, ("episode", "seed", "done", "task", "clock"))
             episode, seed, done, task, clock = (doc[k] for k in ("episode", "seed", "done", "task", "clock"))
         except M.MessageError as err:
-            self.get_logger().warning(f"ignored malformed /dexhier/sim/episode message: {err}")
+            # Throttled with counts: a flood of bad episode messages must not flood the log.
+            self.get_logger().warning(f"ignored malformed /dexhier/sim/episode message: {err}",
+                                      throttle_duration_sec=1.0)  # fmt: skip
             return
         if episode == self.episode:
             return

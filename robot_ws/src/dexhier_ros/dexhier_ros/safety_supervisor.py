@@ -112,10 +112,8 @@ class SafetySupervisorNode(Node):
 
     def _warn(self, reason: str, text: str) -> None:
         """One line per reason at most every second, saying how many were not shown."""
-        quiet = self.log.check(reason, time.monotonic())
-        if quiet is not None:
-            more = f" (+{quiet} more since the last line, {self.log.counts[reason]} in all)" if quiet else ""
-            self.get_logger().warning(text + more)
+        if line := self.log.message(reason, text, time.monotonic()):
+            self.get_logger().warning(line)
 
     def _send(self, joints: str, decision: SafetyDecision | None) -> None:
         """Publish a decision; call with the lock held, so no later decision overtakes it."""

@@ -164,14 +164,9 @@ class TwinBridge(Node):
         except M.MessageError as err:
             # Throttled per controller and reason, with counts: a flood must not flood the log.
             reason = f"{what}:{str(err).split(':')[0].split(' ')[0]}"
-            quiet = self.reject_log.check(reason, time.monotonic())
-            if quiet is not None:
-                more = (
-                    f" (+{quiet} more since the last line, {self.reject_log.counts[reason]} in all)"
-                    if quiet
-                    else ""
-                )
-                self.get_logger().warning(f"rejected {what} trajectory: {str(err)[:300]}{more}")
+            text = f"rejected {what} trajectory: {str(err)[:300]}"
+            if line := self.reject_log.message(reason, text, time.monotonic()):
+                self.get_logger().warning(line)
 
     def _on_arm(self, msg: JointTrajectory) -> None:
         self._accept(self.arm, msg, "arm")
