@@ -162,7 +162,7 @@ def test_killed_recorder_loses_no_saved_episode_and_a_restart_recovers_the_one_i
         assert ep[V.ACTION].shape[0] == ep.num_steps  # still readable
     journal = journal_path(out, 2)
     flushed = sum(len(np.load(c)[V.STEP_TIME]) for c in journal.glob("chunk_*.npz"))
-    assert flushed >= 20
+    assert flushed >= 5  # chunks are flushed every sync_interval (0.5 s) or 20 steps
     inflight_bag = out / "bags" / ".inflight-episode_000002.mcap"
     assert inflight_bag.exists() and not is_complete(inflight_bag)
 
@@ -184,7 +184,7 @@ def test_killed_recorder_loses_no_saved_episode_and_a_restart_recovers_the_one_i
     assert ep.meta["incomplete"] is True and ep.success is False and ep.num_steps == flushed
     assert set(ep.keys) == STANDARD_KEYS and ep.meta["recovered_steps"] == flushed
     assert not journal.exists() and not inflight_bag.exists()
-    assert (out / "bags" / "episode_000002.incomplete.mcap").exists()
+    assert is_complete(out / "bags" / "episode_000002.incomplete.mcap")  # rewritten: a valid MCAP
 
 
 # ------------------------------------------------------------------------------ the node, in process

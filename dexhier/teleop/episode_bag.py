@@ -2,8 +2,10 @@
 
 The file is written as ``bags/.inflight-episode_000007.mcap`` and renamed to
 ``bags/episode_000007.mcap`` when the episode is saved, so a finished bag always has its footer.
-A bag left by a crash keeps its in-flight name; `dexhier.episode_journal.recover` does not touch it
-(``dexhier dataset recover`` renames it to ``episode_000007.incomplete.mcap``).
+The writer ends its chunk and fsyncs every 0.5 s (`McapBagWriter` ``sync_interval``), so a crash
+loses at most about that much. A bag left by a crash keeps its in-flight name; ``dexhier dataset
+recover`` rewrites it into a valid, indexed MCAP, ``episode_000007.incomplete.mcap``, which the
+recovered episode's meta names.
 
 Topics (DESIGN.md names): ``/joint_states``, the camera images, ``/dexhier/teleop/joy`` (the raw
 device request), ``/dexhier/command/{arm,hand}`` (the joint request) and

@@ -15,6 +15,8 @@ Per episode it writes two things into the dataset at ``out`` (the format the tra
 * ``bags/episode_XXXXXX.mcap``: every message of the recorded topics as received (raw CDR bytes of
   ``raw=True`` subscriptions, exact), stamped with the receive time on the node clock; written as
   ``bags/.inflight-episode_XXXXXX.mcap`` and renamed when the episode is kept.
+  Both are fsynced every ``sync_interval`` s (0.5) of wall time, by writes and a timer: a ``kill -9``
+  loses about that much; the next start-up (`recover_dataset`) rewrites the bag into a valid MCAP.
 
 Services (std_srvs/Trigger): ``/dexhier/recorder/{start,save,fail,discard,rerecord}``; save keeps
 the episode as a success, fail as a failure, discard drops it, rerecord drops it and starts again
@@ -144,14 +146,19 @@ class RecorderNode(Node):
         self.bag_enabled = parameter(self, "bag", True)
         self.device = parameter(self, "device", "")  # for the episode meta only
         self.flush_every = parameter(self, "flush_every", 20)  # steps per journal chunk
+        # s: the journal and the bag reach the disk (fsynced) at least this often: what a kill -9 loses.
+        self.sync_interval = parameter(self, "sync_interval", 0.5)
         self.episode_time = parameter(self, "episode_time", 60.0)  # s of node clock
         self.stale_after = parameter(self, "stale_after", 0.5)  # s: older inputs skip the step
         self.min_rate_fraction = parameter(self, "min_rate_fraction", 0.9)
         size = (parameter(self, "image_width", 64), parameter(self, "image_height", 64))
         if not (
             self.control_hz > 0 and self.episode_time > 0 and self.stale_after > 0 and self.flush_every >= 1
-        ):
-            raise ValueError("control_hz, episode_time and stale_after must be > 0 and flush_every >= 1")
+            and self.sync_interval > 0
+        ):  # fmt: skip
+            raise ValueError(
+                "control_hz, episode_time, stale_after and sync_interval must be > 0 and flush_every >= 1"
+            )
         self.dt = 1.0 / self.control_hz
 
         meta, self.camera_pose = self._model_meta(size)
@@ -199,7 +206,10 @@ class RecorderNode(Node):
             self.create_service(Trigger, f"/dexhier/recorder/{name}", handler)
         self.create_timer(self.dt, self._tick)
         # Wall clock: the operator sees the status even when the sim clock stops.
-        self.create_timer(0.5, self._publish_status, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(0.5, self._publish_status, clock=steady)
+        # Also on the wall clock: what was recorded reaches the disk even when messages stop coming.
+        self.create_timer(min(0.25, self.sync_interval / 2), self._sync_due, clock=steady)
         self.get_logger().info(
             f"recorder ready: {self.out} (next episode {next_index(self.out)}), {self.control_hz:g} Hz, "
             f"bags {'on' if self.bag_enabled else 'off'}"
@@ -306,6 +316,18 @@ class RecorderNode(Node):
             else:
                 self._finish("failed", "the twin's episode ended (time limit)")
 
+    def _sync_due(self) -> None:
+        """Flush the journal and fsync the bag when ``sync_interval`` s have passed since they last did."""
+        ep = self.ep
+        if ep is None:
+            return
+        try:
+            ep.rec.flush_if_due()
+            if ep.bag is not None:
+                ep.bag.sync_if_due()
+        except OSError as err:
+            self._disk_error(err)
+
     # -------------------------------------------------------------------- steps
     def _fresh(self, key: str, now: float) -> Latest | None:
         latest = self.latest.get(key)
@@ -397,7 +419,9 @@ class RecorderNode(Node):
         meta = {"task": self.task, "instruction": instruction, "source": "teleop", "device": self.device,
                 "control_hz": self.control_hz, "seed": (twin or {}).get("seed"),
                 "object_width": (twin or {}).get("object_width")}  # fmt: skip
-        rec = JournaledRecorder(self.writer, index, meta, flush_every=self.flush_every)
+        rec = JournaledRecorder(
+            self.writer, index, meta, flush_every=self.flush_every, flush_interval=self.sync_interval
+        )
         bag = None
         if self.bag_enabled:
             try:
@@ -415,7 +439,9 @@ class RecorderNode(Node):
     def _open_bag(self, index: int) -> McapBagWriter:
         directory = self.out / BAGS_DIR
         directory.mkdir(parents=True, exist_ok=True)
-        bag = McapBagWriter(directory / f"{JOURNAL_PREFIX}{episode_dirname(index)}.mcap")
+        bag = McapBagWriter(
+            directory / f"{JOURNAL_PREFIX}{episode_dirname(index)}.mcap", sync_interval=self.sync_interval
+        )
         try:
             for spec in TOPICS:
                 bag.add_topic(spec.topic, spec.msgtype, SENSOR_QOS if spec.sensor else RELIABLE_QOS)
