@@ -85,8 +85,9 @@ class JournaledRecorder:
         index: the episode index (must be free: neither committed nor journaled).
         meta: the free episode meta (task, instruction, ...), JSON-able.
         flush_every: steps buffered before a chunk is written to the journal (at 20 Hz, 20 = 1 s).
-        flush_interval: s (monotonic clock) after which the next step flushes whatever is buffered,
-            so a slow loop loses no more; None: by steps only. `flush_if_due` serves ticks without steps.
+        flush_interval: s (monotonic clock): no step stays out of the journal longer (checked when a
+            step is added, and by `flush_if_due` for ticks without steps), so a slow loop loses no
+            more; None: by steps only.
 
     OSError from the disk (full, read-only) propagates from `add_step` / `commit`; the journal
     then still holds every step flushed before, for `recover`.
@@ -105,7 +106,7 @@ class JournaledRecorder:
         if flush_interval is not None and not flush_interval > 0:
             raise ValueError(f"flush_interval must be > 0 s or None, got {flush_interval}")
         self.flush_interval = flush_interval
-        self._flushed_at = time.monotonic()
+        self._pending_since: float | None = None  # monotonic time of the oldest step not in the journal
         self.path = journal_path(writer.root, index)
         if self.path.exists():
             raise FileExistsError(f"episode {index} has a journal at {self.path}; recover it first")
@@ -143,14 +144,17 @@ class JournaledRecorder:
     def add_step(self, step: Mapping[str, StepValue]) -> None:
         """Append one step (validated as `EpisodeRecorder.add_step`); flushes a chunk when due."""
         self._rec.add_step(step)
+        if self._pending_since is None:
+            self._pending_since = time.monotonic()
         if self._rec.num_steps - self._flushed >= self.flush_every:
             self.flush()
         else:
             self.flush_if_due()
 
     def flush_if_due(self) -> bool:
-        """Flush if steps are waiting and ``flush_interval`` s have passed since the last flush."""
-        if self.flush_interval is None or time.monotonic() - self._flushed_at < self.flush_interval:
+        """Flush if the oldest step not yet in the journal was added ``flush_interval`` s ago or more."""
+        since = self._pending_since
+        if self.flush_interval is None or since is None or time.monotonic() - since < self.flush_interval:
             return False
         if self._rec.closed or self._rec.num_steps == self._flushed:
             return False
@@ -173,7 +177,7 @@ class JournaledRecorder:
         fsync_dir(self.path)
         self._flushed = self._rec.num_steps
         self._chunks += 1
-        self._flushed_at = time.monotonic()
+        self._pending_since = None
 
     def commit(self, success: bool, meta: Mapping[str, Any] | None = None) -> Path:
         """Commit the episode atomically, then delete its journal; returns the episode directory."""

@@ -135,8 +135,8 @@ class McapBagWriter:
 
     ``path``: the .mcap file to write (created, or truncated if it exists). ``chunk_size``: bytes of
     uncompressed messages per chunk (1 MiB, rosbag2's default). ``sync_interval``: s (monotonic clock)
-    after which a write ends the chunk and fsyncs the file (None: by size only), so a crash loses at
-    most that much; call ``sync_if_due`` from a timer when messages may stop coming. ``compression``:
+    a message may wait before a write ends the chunk and fsyncs the file (None: by size only), so a
+    crash loses at most that much; call ``sync_if_due`` from a timer when messages may stop. ``compression``:
     'zstd' | 'lz4' | 'none'. Disk errors (``OSError``, e.g. ENOSPC) propagate unchanged from every
     method. Use as a context manager, or call ``close``.
     """
@@ -157,8 +157,7 @@ class McapBagWriter:
             raise ValueError(f"sync_interval must be > 0 s or None, not {sync_interval}")
         self.path = Path(path)
         self.sync_interval = sync_interval
-        self._synced_at = time.monotonic()
-        self._unsynced = False  # messages written since the last sync
+        self._pending_since: float | None = None  # monotonic time of the oldest message not fsynced
         self.counts: dict[str, int] = {}
         """Messages written per topic (topics added but never written count 0)."""
         self._types: dict[str, str] = {}  # topic -> msgtype
@@ -244,7 +243,8 @@ class McapBagWriter:
             sequence=self.counts[topic] & 0xFFFFFFFF,  # u32 field; rosbag2 puts a per-topic counter here
         )
         self.counts[topic] += 1
-        self._unsynced = True
+        if self._pending_since is None:
+            self._pending_since = time.monotonic()
         self.sync_if_due()
 
     def write_message(
@@ -272,13 +272,14 @@ class McapBagWriter:
         self._check_open()
         self._mcap.flush()
         os.fsync(self._file.fileno())
-        self._synced_at = time.monotonic()
-        self._unsynced = False
+        self._pending_since = None
 
     def sync_if_due(self) -> bool:
-        """``sync`` if messages are waiting and ``sync_interval`` s have passed; True if it synced."""
-        due = self.sync_interval is not None and time.monotonic() - self._synced_at >= self.sync_interval
-        if not (due and self._unsynced and not self._closed):
+        """``sync`` if the oldest message not yet fsynced was written ``sync_interval`` s ago or more."""
+        since = self._pending_since
+        if self.sync_interval is None or since is None or self._closed:
+            return False
+        if time.monotonic() - since < self.sync_interval:
             return False
         self.sync()
         return True
