@@ -131,6 +131,7 @@ def cmd_collect_expert(args: argparse.Namespace) -> int:
         workers=args.workers,
         image_size=args.image_size,
         only_success=args.only_success,
+        perception=args.perception,
     )
     results = _gather(collect(req), req.episodes, f"collect {req.task}")
     ok = sum(r.success for r in results)
@@ -613,6 +614,11 @@ def build_parser() -> argparse.ArgumentParser:
     ce.add_argument("--workers", type=_positive, default=1, help="parallel worker processes (default: 1)")
     ce.add_argument("--image-size", type=_size, default=(64, 64), help="camera WIDTHxHEIGHT (default: 64x64)")
     ce.add_argument("--only-success", action="store_true", help="write successful episodes only")
+    ce.add_argument(
+        "--perception",
+        action="store_true",
+        help="also record label-free perception's perception/* keys every step (object-centric low level)",
+    )
     add_json(ce)
     ce.set_defaults(func=cmd_collect_expert)
 
@@ -802,6 +808,9 @@ def build_parser() -> argparse.ArgumentParser:
     tv.add_argument("--horizon", type=_positive, default=60,
                     help="distance normalization, control steps (default: 60)")  # fmt: skip
     tv.set_defaults(func=cmd_train_value)
+    from dexhier.oc_cli import add_command as add_oc_command
+
+    add_oc_command(tr_sub, add_json, _positive)
 
     es = ev_sub.add_parser(
         "subgoal",

@@ -33,6 +33,9 @@ class CollectRequest:
     workers: int = 1
     image_size: tuple[int, int] = (64, 64)
     only_success: bool = False
+    perception: bool = False
+    """Also run label-free perception every step and record its ``perception/*`` keys (and the
+    workspace camera's image); the object-centric low level trains on them."""
 
     def __post_init__(self) -> None:
         TwinConfig(task=self.task)
@@ -42,6 +45,11 @@ class CollectRequest:
 
 def twin_config(req: CollectRequest) -> TwinConfig:
     w, h = req.image_size
+    if req.perception:
+        from perception.observer import CAMERAS
+
+        return TwinConfig(task=req.task, image_width=w, image_height=h, render=True, points=False,
+                          cameras=V.CAMERAS, perception_cameras=CAMERAS)  # fmt: skip
     return TwinConfig(task=req.task, image_width=w, image_height=h, render=True, points=False)
 
 
@@ -70,6 +78,11 @@ def dataset_meta(env: TwinEnv) -> dict[str, Any]:
             "max_gap": env.tool.max_gap,
         },
         "frame": V.FRAME_BASE,
+        **(
+            {"perception": {"cameras": list(cfg.perception_cameras), "size": list(cfg.perception_size)}}
+            if cfg.perception_cameras
+            else {}
+        ),
     }
 
 
@@ -91,7 +104,7 @@ _WORKER: dict[str, Any] = {}
 
 def _collect_one(job: tuple[CollectRequest, int]) -> EpisodeResult:
     req, index = job
-    key = (req.task, req.image_size, str(req.out))
+    key = (req.task, req.image_size, str(req.out), req.perception)
     if _WORKER.get("key") != key:  # one env per worker process and request
         from sim.expert import ExpertPolicy
 
@@ -99,8 +112,15 @@ def _collect_one(job: tuple[CollectRequest, int]) -> EpisodeResult:
             _WORKER["env"].close()
         env = TwinEnv(twin_config(req))
         writer = EpisodeWriter(req.out, dataset_meta(env))
-        _WORKER.update(key=key, env=env, expert=ExpertPolicy(env), writer=writer)
-    env, expert, writer = _WORKER["env"], _WORKER["expert"], _WORKER["writer"]
+        observer = None
+        if req.perception:
+            from perception.observer import ObjectObserver
+
+            observer = ObjectObserver(env.config.cell)
+        _WORKER.update(key=key, env=env, expert=ExpertPolicy(env), writer=writer, observer=observer)
+    env, expert, writer, observer = _WORKER["env"], _WORKER["expert"], _WORKER["writer"], _WORKER["observer"]
+    if observer is not None:
+        observer.reset()
     steps: list[dict[str, Any]] = []
     poses: list[dict[str, np.ndarray]] = []
 
@@ -110,6 +130,8 @@ def _collect_one(job: tuple[CollectRequest, int]) -> EpisodeResult:
         steps.append(_step_record(env, obs, info, t))
         st = info["privileged"]
         poses.append({"privileged/object_pos": st.object_pos, "privileged/tip_center": st.tip_center})
+        if observer is not None:
+            poses[-1].update(observer.observe(obs, env.robot.joint_names))
 
     result = run_episode(env, expert, req.seed + index, on_step=record)
     if req.only_success and not result.success:

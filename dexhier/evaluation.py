@@ -42,9 +42,9 @@ def _lowlevel_options(options: dict[str, Any]) -> Any:
 
 
 def _make_lowlevel(env: TwinEnv, options: Any) -> RolloutPolicy:
-    from dexhier.goal_rollout import GoalConditionedPolicy
+    from dexhier.goal_rollout import make_goal_policy
 
-    return GoalConditionedPolicy(env, options)
+    return make_goal_policy(env, options)
 
 
 def _lowlevel_env(task: str, options: Any) -> TwinConfig:

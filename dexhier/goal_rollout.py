@@ -52,16 +52,47 @@ class LowLevelOptions:
         from policies.low_level.policy import CHECKPOINT_TYPE
 
         # Bad sampling overrides (e.g. exec_steps > horizon) fail here, before any worker starts.
+        if is_object_centric(self.checkpoint):
+            from policies.low_level.object_centric import OCConfig
+            from policies.low_level.oc_policy import CHECKPOINT_TYPE as OC_TYPE
+
+            doc = read_config(self.checkpoint, OC_TYPE)
+            OCConfig.from_json({**doc["config"]["policy"], **self.oc_overrides()})
+            return
         doc = read_config(self.checkpoint, CHECKPOINT_TYPE)
         PolicyConfig.from_json(doc["config"]["policy"]).with_overrides(**self.overrides())
+
+    def oc_overrides(self) -> dict[str, Any]:
+        """The overrides the object-centric low level has (None values dropped)."""
+        kw = {"steps": self.steps, "sampler": self.sampler, "exec_steps": self.exec_steps}
+        return {k: v for k, v in kw.items() if v is not None}
 
     def overrides(self) -> dict[str, Any]:
         return {"steps": self.steps, "sampler": self.sampler, "cfg_lambda": self.cfg_lambda,
                 "exec_steps": self.exec_steps, "temporal_ensemble": self.temporal_ensemble}  # fmt: skip
 
 
+def is_object_centric(checkpoint: str | Path) -> bool:
+    """True for an object-centric low-level checkpoint (by its config's type)."""
+    import json
+
+    try:
+        doc = json.loads((Path(checkpoint) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    from policies.low_level.oc_policy import CHECKPOINT_TYPE as OC_TYPE
+
+    return isinstance(doc, dict) and doc.get("type") == OC_TYPE
+
+
 def env_config(task: str, options: LowLevelOptions) -> TwinConfig:
-    """The twin config the policy needs: its cameras at its image size, no point cloud."""
+    """The twin config the policy needs: its cameras at its image size, no point cloud; for the
+    object-centric low level, perception's depth images and the goal camera."""
+    if is_object_centric(options.checkpoint):
+        from perception.observer import CAMERAS
+
+        return TwinConfig(task=task, render=True, points=False, cameras=("workspace",), image_width=64,
+                          image_height=64, perception_cameras=CAMERAS)  # fmt: skip
     from dexhier.checkpoints import read_config
     from policies.low_level.policy import CHECKPOINT_TYPE
 
@@ -69,6 +100,15 @@ def env_config(task: str, options: LowLevelOptions) -> TwinConfig:
     cams = tuple(dict.fromkeys([*pol["cameras"], pol["goal_camera"]]))
     s = int(pol["image_size"])
     return TwinConfig(task=task, render=True, points=False, cameras=cams, image_width=s, image_height=s)
+
+
+def make_goal_policy(env: TwinEnv, options: LowLevelOptions):
+    """The rollout policy of a low-level checkpoint of either kind."""
+    if is_object_centric(options.checkpoint):
+        from dexhier.oc_rollout import ObjectCentricRollout
+
+        return ObjectCentricRollout(env, options)
+    return GoalConditionedPolicy(env, options)
 
 
 class GoalConditionedPolicy:

@@ -39,6 +39,9 @@ class ExpertReference:
     joints: np.ndarray
     tip_gap: np.ndarray
     success: bool
+    tip_center: np.ndarray | None = None
+    """(T, 3) tips' midpoint in ``base_link`` by forward kinematics of the expert's joints at its
+    tip gap (``tips=True``), m."""
 
 
 class OracleGoals:
@@ -49,10 +52,17 @@ class OracleGoals:
             ``goal_camera``.
     """
 
-    def __init__(self, env_config: TwinConfig, goal_camera: str, config: OracleConfig | None = None) -> None:
+    def __init__(
+        self, env_config: TwinConfig, goal_camera: str, config: OracleConfig | None = None, tips: bool = False
+    ) -> None:
         from sim.expert import ExpertPolicy
 
         self.config = config or OracleConfig()
+        self._geometry = None
+        if tips:
+            from perception.cell_geometry import CellGeometry
+
+            self._geometry = CellGeometry(env_config.cell)
         self.goal_camera = goal_camera
         cfg = replace(env_config, render=True, points=False, cameras=(goal_camera,))
         self.env = TwinEnv(cfg)
@@ -81,6 +91,13 @@ class OracleGoals:
                 success = bool(info["success"])
                 break
         self.reference = ExpertReference(np.stack(images), np.stack(joints), np.asarray(gaps), success)
+        if self._geometry is not None:
+            geo, names, tool = self._geometry, env.robot.joint_names, env.tool
+            tips = []
+            for q, gap in zip(self.reference.joints, self.reference.tip_gap, strict=True):
+                geo.set_joints(names, q, theta=tool.theta_for_gap(gap))
+                tips.append(geo.tip_center())
+            self.reference.tip_center = np.stack(tips)
         self._progress = 0
         return self.reference
 
@@ -104,7 +121,10 @@ class OracleGoals:
         # Ties go to the latest frame, so that a still stretch of the expert cannot hold progress.
         self._progress = hi - int(np.argmin(dist[::-1]))
         g = min(self._progress + cfg.lookahead, len(ref.joints) - 1)
-        return {V.GOAL_RGB: ref.images[g], V.GOAL_TOOL_TIP_GAP: np.array([ref.tip_gap[g]])}
+        out = {V.GOAL_RGB: ref.images[g], V.GOAL_TOOL_TIP_GAP: np.array([ref.tip_gap[g]])}
+        if ref.tip_center is not None:
+            out[V.GOAL_TOOL_TIP_CENTER] = ref.tip_center[g]
+        return out
 
     def close(self) -> None:
         self.env.close()

@@ -68,6 +68,11 @@ DEFAULT_CAMERAS: tuple[str, ...] = ("scene", "wrist")
 
 
 # --- Observation keys ----------------------------------------------------------------------
+def depth_hd_key(camera: str) -> str:
+    """Key of a perception-resolution depth image (float32 (H, W), m, 0 = no return)."""
+    return f"depth_hd/{camera}"
+
+
 def rgb_key(camera: str) -> str:
     """Key of a colour image: uint8 array (H, W, 3)."""
     return f"rgb/{camera}"
@@ -92,6 +97,28 @@ OBS_POINTS = "points"
 """float32 (N, 3) point cloud in ``FRAME_BASE``, m, from the scene camera's depth."""
 OBS_POINTS_LABEL = "points/label"
 """int8 (N,) segmentation label per point, values from ``SEG_LABELS``."""
+
+# --- Perception keys (label-free perception's estimate, recorded next to the observation) ---
+PERC_VALID = "perception/valid"
+"""float64 (1,): 1 when the tool state below was measured in this frame, else 0 (held)."""
+PERC_TIP_GAP = "perception/tip_gap"
+"""float64 (1,): perceived tweezer tip gap, m."""
+PERC_TIP_CENTER = "perception/tip_center"
+"""float64 (3,): midpoint of the tips in ``base_link`` (forward kinematics at the fitted opening), m."""
+PERC_OBJECT_VALID = "perception/object_valid"
+"""float64 (1,): 1 when the object was measured in this frame, 0 when held or never seen."""
+PERC_OBJECT_AGE = "perception/object_age"
+"""float64 (1,): frames since the object estimate was measured (0 = fresh)."""
+PERC_OBJECT = "perception/object"
+"""float64 (6,): object centre x, y, z (m, ``base_link``), width across its faces (m), height (m), yaw (rad)."""
+PERC_TOOL_POINTS = "perception/tool_points"
+"""float32 (P, 3): farthest-point-sampled tool points in ``base_link``, m."""
+PERC_OBJECT_POINTS = "perception/object_points"
+"""float32 (P, 3): farthest-point-sampled object points in ``base_link``, m."""
+PERCEPTION_KEYS: tuple[str, ...] = (
+    PERC_VALID, PERC_TIP_GAP, PERC_TIP_CENTER, PERC_OBJECT_VALID, PERC_OBJECT_AGE, PERC_OBJECT,
+    PERC_TOOL_POINTS, PERC_OBJECT_POINTS,
+)  # fmt: skip
 
 ACTION = "action"
 """float64 (A,) absolute joint position targets, arm joints then hand joints, rad."""
@@ -121,6 +148,8 @@ GOAL_RGB = "goal/rgb"
 """uint8 (H, W, 3) goal (subgoal) image of the policy's goal camera."""
 GOAL_TOOL_TIP_GAP = "goal/tool/tip_gap"
 """float64 (1,) goal tip gap of the tool, m."""
+GOAL_TOOL_TIP_CENTER = "goal/tool/tip_center"
+"""float64 (3,): the goal position of the tips' midpoint in ``base_link``, m (object-centric low level)."""
 
 # --- Teleop recordings ------------------------------------------------------------------------
 STEP_WALL_TIME = "time/wall"

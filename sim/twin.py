@@ -48,6 +48,9 @@ class TwinConfig:
         points_camera: which camera's depth makes the point cloud.
         points_size: (width, height) of the cloud camera's depth, px; None renders it at the image
             size (a cell's depth camera usually has more pixels than the policy's images).
+        perception_cameras: cameras whose depth is rendered at ``perception_size`` for label-free
+            perception (``depth_hd/<camera>`` keys, next to any policy-size ``depth/<camera>``).
+        perception_size: (width, height) of those depth images, px.
         control_hz: action rate, Hz; must divide ``cell.physics_hz``.
         time_limit: episode length, s; None uses the task's limit.
     """
@@ -61,6 +64,8 @@ class TwinConfig:
     points: bool = True
     points_camera: str = SCENE_CAMERA
     points_size: tuple[int, int] | None = None
+    perception_cameras: tuple[str, ...] = ()
+    perception_size: tuple[int, int] = (320, 240)
     control_hz: float = V.CONTROL_HZ_DEFAULT
     time_limit: float | None = None
 
@@ -71,13 +76,18 @@ class TwinConfig:
             raise ValueError(
                 f"physics_hz ({self.cell.physics_hz}) must be a multiple of control_hz ({self.control_hz})"
             )
-        unknown = set(self.cameras) - set(V.CAMERAS)
+        unknown = (set(self.cameras) | set(self.perception_cameras)) - set(V.CAMERAS)
         if unknown:
             raise ValueError(f"unknown cameras {sorted(unknown)}; valid: {', '.join(V.CAMERAS)}")
         if self.points_size is not None:
             object.__setattr__(self, "points_size", tuple(int(v) for v in self.points_size))
             if len(self.points_size) != 2 or min(self.points_size) < 8:
                 raise ValueError(f"points_size must be (width, height) >= 8 px, got {self.points_size}")
+        object.__setattr__(self, "perception_size", tuple(int(v) for v in self.perception_size))
+        if len(self.perception_size) != 2 or min(self.perception_size) < 8:
+            raise ValueError(f"perception_size must be (width, height) >= 8 px, got {self.perception_size}")
+        if self.perception_cameras and not self.render:
+            raise ValueError("perception_cameras need render=True")
         if self.points and (not self.render or self.points_camera not in self.cameras):
             raise ValueError(f"points need render=True and the {self.points_camera!r} camera in cameras")
 
@@ -101,6 +111,7 @@ class TwinEnv(Backend):
         self.data: mujoco.MjData | None = None
         self._renderer: CameraRenderer | None = None
         self._points_renderer: CameraRenderer | None = None  # the cloud's, when points_size is set
+        self._perception_renderer: CameraRenderer | None = None  # depth_hd, when perception_cameras
         self._video_renderer: CameraRenderer | None = None  # for render(): any size, on demand
         self._video_key: tuple | None = None
         self._succeeded = False
@@ -133,6 +144,9 @@ class TwinEnv(Backend):
                 spec[V.rgb_key(cam)] = ArraySpec((*hw, 3), "uint8")
                 spec[V.depth_key(cam)] = ArraySpec(hw, "float32", "m", "0 = no return")
                 spec[V.camera_pose_key(cam)] = ArraySpec((4, 4), "float64", "m", "optical frame in base")
+        w, h = cfg.perception_size
+        for cam in cfg.perception_cameras:
+            spec[V.depth_hd_key(cam)] = ArraySpec((h, w), "float32", "m", "perception depth; 0 = no return")
         if cfg.points:
             spec[V.OBS_POINTS] = ArraySpec((-1, 3), "float32", "m", f"in {V.FRAME_BASE}")
             spec[V.OBS_POINTS_LABEL] = ArraySpec((-1,), "int8", "", "values of SEG_LABELS")
@@ -157,6 +171,10 @@ class TwinEnv(Backend):
             if self._renderer is not None:
                 self._renderer.close()
             self._renderer = CameraRenderer(model, self.config.image_width, self.config.image_height)
+            if self.config.perception_cameras:
+                if self._perception_renderer is not None:
+                    self._perception_renderer.close()
+                self._perception_renderer = CameraRenderer(model, *self.config.perception_size)
             if self.config.points and self.config.points_size is not None:
                 if self._points_renderer is not None:
                     self._points_renderer.close()
@@ -238,10 +256,11 @@ class TwinEnv(Backend):
         return len(self._robot.joint_names)
 
     def close(self) -> None:
-        for renderer in (self._renderer, self._points_renderer, self._video_renderer):
+        renderers = (self._renderer, self._points_renderer, self._perception_renderer, self._video_renderer)
+        for renderer in renderers:
             if renderer is not None:
                 renderer.close()
-        self._renderer = self._points_renderer = self._video_renderer = None
+        self._renderer = self._points_renderer = self._perception_renderer = self._video_renderer = None
         self._video_key = None
 
     # ----------------------------------------------------------- observation
@@ -272,6 +291,8 @@ class TwinEnv(Backend):
                 obs[V.rgb_key(cam)] = self._renderer.rgb(d, cam)
                 obs[V.depth_key(cam)] = self._renderer.depth(d, cam)
                 obs[V.camera_pose_key(cam)] = camera_pose_matrix(d, cam)
+        for cam in cfg.perception_cameras:
+            obs[V.depth_hd_key(cam)] = self._perception_renderer.depth(d, cam)
         if cfg.points:
             cam = cfg.points_camera
             renderer = self._points_renderer or self._renderer

@@ -1,0 +1,140 @@
+"""The object-centric low level as a policy: ``predict_chunk``, ``select_action``, ``reset``.
+
+Contract (the same as ``LowLevelPolicy``): ``predict_chunk(obs, goal) -> actions (H, A)`` is pure;
+``select_action(obs, goal) -> action (A,)`` executes a chunk queue and replans every
+``exec_steps``; ``reset(seed)`` clears it. Neither mutates its inputs.
+
+Observation keys: ``arm/qpos``, ``hand/qpos`` (rad) and label-free perception's ``perception/*``
+keys (``perception.observer.ObjectObserver``). Goal keys: ``goal/tool/tip_gap`` (1,) m and
+``goal/tool/tip_center`` (3,) m in ``base_link``; ``goal=None`` is the goal-free policy.
+Actions are absolute joint targets (rad), finite and inside the joint limits.
+
+**Perception dropout holds.** Without a tool state ever measured, or with an object estimate older
+than ``hold_after`` frames, ``select_action`` returns the measured joints (hold, no motion) and
+counts it in ``holds``; the queue is cleared so the next valid frame replans.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dexhier import vocabulary as V
+from dexhier.checkpoints import load_checkpoint, save_checkpoint
+from policies.low_level import oc_features as F
+from policies.low_level.edm import preconditioning, sample
+from policies.low_level.object_centric import OCConfig, OCNet
+from policies.normalization import MinMaxNormalizer
+
+CHECKPOINT_TYPE = "dexhier.lowlevel_object_centric"
+GOAL_TIP_CENTER = V.GOAL_TOOL_TIP_CENTER
+
+
+class ObjectCentricPolicy:
+    """Network + normalization + joint names and limits. Build with :meth:`load` or from parts."""
+
+    def __init__(self, config: OCConfig, joint_names, lower, upper, norm: MinMaxNormalizer, net=None) -> None:
+        self.config, self.joint_names = config, tuple(joint_names)
+        self.lower, self.upper = np.asarray(lower, float), np.asarray(upper, float)
+        self.norm = norm
+        self.net = (net or OCNet(config, len(self.joint_names), len(self.joint_names))).eval()
+        self.holds = 0
+        self.reset()
+
+    # ------------------------------------------------------------------ I/O
+    def save(self, directory: str | Path, metrics: dict[str, Any] | None = None) -> Path:
+        cfg = {"policy": self.config.to_json(), "joint_names": list(self.joint_names),
+               "lower": self.lower.tolist(), "upper": self.upper.tolist()}  # fmt: skip
+        return save_checkpoint(
+            directory, CHECKPOINT_TYPE, cfg, self.net.state_dict(), self.norm.to_json(), metrics
+        )
+
+    @classmethod
+    def load(cls, directory: str | Path, **overrides: Any) -> ObjectCentricPolicy:
+        doc, weights, stats = load_checkpoint(directory, CHECKPOINT_TYPE)
+        c = doc["config"]
+        config = OCConfig.from_json({**c["policy"], **{k: v for k, v in overrides.items() if v is not None}})
+        pol = cls(config, c["joint_names"], c["lower"], c["upper"], MinMaxNormalizer.from_json(stats))
+        pol.net.load_state_dict(weights)
+        return pol
+
+    # ------------------------------------------------------------ inference
+    def _inputs(self, obs: Mapping[str, Any], goal: Mapping[str, Any] | None):
+        F.check(obs)
+        q = F.proprio(obs)
+        if q.shape != (len(self.joint_names),):
+            raise ValueError(f"proprio has {q.shape} values, the policy has {len(self.joint_names)} joints")
+        raw = {"proprio": q[None], "extra": F.extra(obs)[None],
+               "tool_points": F.points(obs, V.PERC_TOOL_POINTS)[None],
+               "object_points": F.points(obs, V.PERC_OBJECT_POINTS)[None]}  # fmt: skip
+        t = {
+            k: torch.as_tensor(self.norm.normalize(k, raw[k]), dtype=torch.float32)
+            for k in ("proprio", "extra")
+        }
+        t["tool_points"] = torch.as_tensor(raw["tool_points"])
+        t["object_points"] = torch.as_tensor(raw["object_points"])
+        if goal is not None:
+            gap = np.asarray(goal[V.GOAL_TOOL_TIP_GAP], float).reshape(1)
+            tips = np.asarray(goal[GOAL_TIP_CENTER], float).reshape(3)
+            if not (np.all(np.isfinite(gap)) and np.all(np.isfinite(tips))):
+                raise ValueError("goal has non-finite values")
+            g = F.goal(gap, tips, obs)[None]
+            t["goal"] = torch.as_tensor(self.norm.normalize("goal", g), dtype=torch.float32)
+        return q, t
+
+    @torch.no_grad()
+    def sample_normalized(self, net: OCNet, t: dict[str, torch.Tensor], generator=None) -> torch.Tensor:
+        """Normalized action-offset chunks (B, H, A) for normalized inputs ``t`` (goal optional)."""
+        cfg = self.config
+        cond = net.encode(t, t.get("goal"))
+        sd = cfg.edm.sigma_data
+
+        def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            c_skip, c_out, c_in, c_noise = preconditioning(sigma.view(-1, 1, 1), sd)
+            return c_skip * x + c_out * net.denoise(c_in * x, c_noise.view(-1), cond)
+
+        shape = (len(cond), cfg.horizon, len(self.joint_names))
+        return sample(denoise, shape, cfg.edm, cfg.steps, cfg.sampler, generator=generator).clamp(-1.0, 1.0)
+
+    def predict_chunk(
+        self, obs: Mapping[str, Any], goal: Mapping[str, Any] | None, generator=None
+    ) -> np.ndarray:
+        """(H, A) absolute joint targets (rad) for one observation and goal; pure."""
+        q, t = self._inputs(obs, goal)
+        x = self.sample_normalized(self.net, t, generator)
+        offsets = self.norm.denormalize("action", x.reshape(1, -1).numpy()).reshape(self.config.horizon, -1)
+        chunk = q[None] + offsets
+        bad = ~np.isfinite(chunk)
+        chunk[bad] = np.broadcast_to(q, chunk.shape)[bad]
+        return np.clip(chunk, self.lower, self.upper)
+
+    # --------------------------------------------------------------- control
+    def reset(self, seed: int | None = None) -> None:
+        self._queue: collections.deque[np.ndarray] = collections.deque()
+        self._gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        self.holds = 0
+
+    def must_hold(self, obs: Mapping[str, Any]) -> bool:
+        """True when perception cannot support an action (never a tool state, or a stale object)."""
+        never_tool = float(np.asarray(obs.get(V.PERC_VALID, [0.0]))[0]) == 0.0 and not np.any(
+            np.asarray(obs.get(V.PERC_TOOL_POINTS, np.zeros((1, 3))))
+        )
+        age = float(np.asarray(obs.get(V.PERC_OBJECT_AGE, [np.inf]))[0])
+        return never_tool or not age <= self.config.hold_after
+
+    def select_action(self, obs: Mapping[str, Any], goal: Mapping[str, Any] | None) -> np.ndarray:
+        """The next joint target (A,): from the queue, replanning when it is empty; a hold (the
+        measured joints) under perception dropout."""
+        if self.must_hold(obs):
+            self._queue.clear()
+            self.holds += 1
+            return np.clip(F.proprio(obs).astype(float), self.lower, self.upper)
+        if not self._queue:
+            chunk = self.predict_chunk(obs, goal, self._gen)
+            self._queue.extend(chunk[: self.config.exec_steps])
+        return self._queue.popleft()
