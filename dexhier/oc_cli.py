@@ -73,7 +73,8 @@ def add_command(tr_sub, add_json, positive) -> None:
         "lowlevel-oc",
         help="train the object-centric low level (label-free perception inputs, DP3 point encoder)",
         description="Train the object-centric low level (BESO: EDM, 3 steps) on expert datasets recorded "
-        "with `dexhier collect expert --perception`: proprio, the perceived tool state, object and point sets in; "
+        "with `dexhier collect expert --perception`: proprio, the perceived tool state, object and point "
+        "sets in; "
         "a chunk of joint-target offsets out; hindsight goals (future tips relative to the object, tip gap).",
     )
     p.add_argument("--data", type=Path, nargs="+", required=True, help="dataset directories")

@@ -224,6 +224,6 @@ def train(
     trainer = OCTrainer(policy, d, cfg, steps, Path(out))
     params = sum(p.numel() for p in policy.net.parameters()) / 1e6
     log(f"data: {len(trainer.train_steps)} training steps from {d.episodes} episodes "
-        f"({len(trainer.val_steps)} validation steps); {params:.2f} M parameters; world size {trainer.world}")  # fmt: skip
+        f"({len(trainer.val_steps)} validation steps); {params:.2f} M parameters")  # fmt: skip
     describe = lambda m: f", val chunk MAE {m.get('val_chunk_mae', float('nan')):.4f} (normalized)"  # noqa: E731
     return fit(trainer, steps, checkpoint_every, log, bar, describe)
