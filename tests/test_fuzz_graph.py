@@ -382,8 +382,9 @@ def run_fuzz(tmp_path: Path, per_topic: int, rate: float, estops: int = 3) -> di
             written = probe.estop_true[n_true] if len(probe.estop_true) > n_true else None
             latencies.append(latched[0] - written if latched and written else float("inf"))
             released = time.time()
+            # Each controller's hold goes out just before its status: count from the last status on.
             after += sum(
-                1 for g in probe.forwarded for t, _ in probe.forwarded[g] if latched[0] + 0.01 < t < released
+                1 for g in probe.forwarded for t, _ in probe.forwarded[g] if latched[-1] + 0.01 < t < released
             )
             fut = probe.estop_reset.call_async(Trigger.Request())
             while not fut.done():
