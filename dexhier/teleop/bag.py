@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -32,6 +33,8 @@ import yaml
 from mcap.writer import CompressionType
 from mcap.writer import Writer as _McapWriter
 from rosbags.typesys import Stores, get_typestore
+
+from dexhier.episodes import fsync_dir
 
 if TYPE_CHECKING:
     from rosbags.typesys.store import Typestore
@@ -158,6 +161,9 @@ class McapBagWriter:
         self.path = Path(path)
         self.sync_interval = sync_interval
         self._pending_since: float | None = None  # monotonic time of the oldest message not fsynced
+        self._fsync_wanted = threading.Event()
+        self._fsync_thread: threading.Thread | None = None
+        self._fsync_error: OSError | None = None
         self.counts: dict[str, int] = {}
         """Messages written per topic (topics added but never written count 0)."""
         self._types: dict[str, str] = {}  # topic -> msgtype
@@ -170,7 +176,7 @@ class McapBagWriter:
             self._mcap = _McapWriter(self._file, chunk_size=chunk_size, compression=_COMPRESSION[compression])
             self._mcap.start(profile="ros2", library=_LIBRARY)
             self._file.flush()  # the header on disk now, not in Python's buffer: never a 0-byte bag
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         except BaseException:
             with contextlib.suppress(OSError):  # the first error (a full disk, say) is the one to report
                 self._file.close()
@@ -267,12 +273,34 @@ class McapBagWriter:
         self._check_open()
         self._mcap.flush()
 
-    def sync(self) -> None:
-        """Write the chunk in progress and fsync: every message written so far survives a crash."""
+    def sync(self, wait: bool = True) -> None:
+        """End the chunk in progress and write it to the kernel (it now survives a killed process), then
+        fsync (power loss). ``wait=False``, as ``sync_if_due`` does, leaves the fsync to a background
+        thread: under load it takes tens of ms, which a control loop must not wait for."""
         self._check_open()
+        if self._fsync_error is not None:  # a background fsync failed: report it once, here
+            err, self._fsync_error = self._fsync_error, None
+            raise err
         self._mcap.flush()
-        os.fsync(self._file.fileno())
         self._pending_since = None
+        if wait:
+            os.fsync(self._file.fileno())
+            return
+        if self._fsync_thread is None:
+            self._fsync_thread = threading.Thread(target=self._fsync_loop, name="bag-fsync", daemon=True)
+            self._fsync_thread.start()
+        self._fsync_wanted.set()
+
+    def _fsync_loop(self) -> None:
+        while True:
+            self._fsync_wanted.wait()
+            self._fsync_wanted.clear()
+            if self._closed:
+                return
+            try:
+                os.fsync(self._file.fileno())
+            except OSError as err:
+                self._fsync_error = err
 
     def sync_if_due(self) -> bool:
         """``sync`` if the oldest message not yet fsynced was written ``sync_interval`` s ago or more."""
@@ -281,7 +309,7 @@ class McapBagWriter:
             return False
         if time.monotonic() - since < self.sync_interval:
             return False
-        self.sync()
+        self.sync(wait=False)
         return True
 
     def close(self) -> None:
@@ -295,6 +323,9 @@ class McapBagWriter:
             os.fsync(self._file.fileno())  # complete on disk before the caller renames it
         finally:
             # Closed even if finish failed (disk full): the caller gets the OSError, no leaked handle.
+            if self._fsync_thread is not None:  # it must not fsync a closed descriptor
+                self._fsync_wanted.set()
+                self._fsync_thread.join()
             self._size = self._file.tell()
             self._file.close()
 
@@ -305,14 +336,6 @@ class McapBagWriter:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def is_complete(path: str | Path) -> bool:
@@ -466,7 +489,7 @@ def recover_bag(src: str | Path, dst: str | Path) -> BagRecovery:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, dst)
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
