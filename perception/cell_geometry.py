@@ -127,9 +127,11 @@ class CellGeometry:
         mujoco.mj_kinematics(self.model, self.data)
         self._place_tool()
 
-    def set_theta(self, theta: float) -> None:
-        """Re-pose only the tool's arms at half-opening ``theta`` (rad)."""
-        self.data.qpos[self._tool_qadr] = theta
+    def set_theta(self, theta: float, theta_b: float | None = None) -> None:
+        """Re-pose only the tool's arms at half-opening ``theta`` (rad); ``theta_b`` sets the second
+        arm's angle apart (default: the same)."""
+        self.data.qpos[self._tool_qadr[0]] = theta
+        self.data.qpos[self._tool_qadr[1]] = theta if theta_b is None else theta_b
         mujoco.mj_kinematics(self.model, self.data)
         self._place_tool()
 
@@ -177,15 +179,18 @@ class CellGeometry:
             best = np.minimum(best, geom_sdf(local, int(m.geom_type[g]), m.geom_size[g], m.geom_aabb[g]))
         return best
 
-    def tool_arm_distance_grid(self, points: np.ndarray, thetas: np.ndarray) -> np.ndarray:
+    def tool_arm_distance_grid(
+        self, points: np.ndarray, thetas: np.ndarray, per_arm: bool = False
+    ) -> np.ndarray:
         """(K, N) distance (m) of base-frame ``points`` (N, 3) to the tool's arms at each of the
-        half-openings ``thetas`` (K,) rad, in one vectorized pass (no kinematics per angle)."""
+        half-openings ``thetas`` (K,) rad, in one vectorized pass (no kinematics per angle);
+        ``per_arm``: (2, K, N), each arm's own distance."""
         m, d = self.model, self.data
         rot = d.xmat[self._base_body].reshape(3, 3)
         in_base = (points - d.xpos[self._base_body]) @ rot
         cos, sin = np.cos(-thetas)[:, None, None], np.sin(-thetas)[:, None, None]
-        best = np.full((len(thetas), len(points)), np.inf)
-        for body_pos, body_rot, hinge, axis, geoms in self._arms:
+        out = np.full((len(self._arms), len(thetas), len(points)), np.inf)
+        for arm, (body_pos, body_rot, hinge, axis, geoms) in enumerate(self._arms):
             v = (in_base - body_pos) @ body_rot - hinge  # in the arm body at theta = 0, about the hinge
             # Rodrigues: the point rotated by -theta about the hinge axis is the arm rotated by +theta.
             cross, dot = np.cross(axis, v), (v @ axis)[:, None]
@@ -193,8 +198,8 @@ class CellGeometry:
             flat = q.reshape(-1, 3)
             for g, gpos, grot in geoms:
                 sdf = geom_sdf((flat - gpos) @ grot, int(m.geom_type[g]), m.geom_size[g], m.geom_aabb[g])
-                best = np.minimum(best, sdf.reshape(len(thetas), len(points)))
-        return best
+                out[arm] = np.minimum(out[arm], sdf.reshape(len(thetas), len(points)))
+        return out if per_arm else out.min(axis=0)
 
     def near_geoms(self, points: np.ndarray, geoms: np.ndarray, margin: float) -> np.ndarray:
         """Boolean (N,): points within ``margin`` (m) of any of ``geoms``. Each geom's distance is

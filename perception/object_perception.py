@@ -376,14 +376,23 @@ class LabelFreePerception:
             cand if len(cand) <= cfg.fit_points else cand[self._rng.choice(len(cand), cfg.fit_points, False)]
         )
         trunc = cfg.fit_truncation**2
+
+        def best(thetas: np.ndarray, per_arm: bool = False):
+            d = geo.tool_arm_distance_grid(sample, thetas, per_arm=per_arm)
+            return thetas[np.argmin(np.minimum(d**2, trunc).sum(-1), axis=-1)]
+
         grid = np.linspace(lo, hi, cfg.theta_steps)
-        k = int(np.argmin(np.minimum(geo.tool_arm_distance_grid(sample, grid) ** 2, trunc).sum(1)))
         step = grid[1] - grid[0]
-        fine = np.linspace(max(lo, grid[k] - step), min(hi, grid[k] + step), cfg.theta_steps)
-        theta = float(
-            fine[int(np.argmin(np.minimum(geo.tool_arm_distance_grid(sample, fine) ** 2, trunc).sum(1)))]
+        t0 = float(best(grid))
+        t1 = float(best(np.linspace(max(lo, t0 - step), min(hi, t0 + step), cfg.theta_steps)))
+        # Each arm on its own near the symmetric fit: the tool sits a few mm off its nominal pose in
+        # the hand (the weld is compliant), which a shared angle would absorb as a wrong opening;
+        # a shift along the pinch axis opens one arm as much as it closes the other.
+        theta_a, theta_b = best(
+            np.linspace(max(lo, t1 - 2 * step), min(hi, t1 + 2 * step), cfg.theta_steps), True
         )
-        geo.set_theta(theta)
+        geo.set_theta(float(theta_a), float(theta_b))
+        theta = float(np.arcsin((np.sin(theta_a) + np.sin(theta_b)) / 2))
         mask = np.zeros(len(pts), bool)
         mask[near] = geo.distance(cand, geo.tool_arm_geoms) <= cfg.tool_margin
         return theta, mask
