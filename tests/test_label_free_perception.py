@@ -16,8 +16,9 @@ from sim.twin import TwinConfig, TwinEnv
 
 def _frames(seed: int, phases: tuple[str, ...]) -> dict[str, dict]:
     """The first frame of each expert phase: depths, joints, truth."""
-    env = TwinEnv(TwinConfig(task="tweezer_pick", cameras=("workspace",), points=True, points_camera="workspace",
-                             points_size=(320, 240), perception_cameras=CAMERAS))  # fmt: skip
+    cfg = TwinConfig(task="tweezer_pick", cameras=("workspace",), points=True, points_camera="workspace",
+                     points_size=(320, 240), perception_cameras=CAMERAS)  # fmt: skip
+    env = TwinEnv(cfg)
     try:
         expert, out = ExpertPolicy(env), {}
         obs = env.reset(seed)
