@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -338,15 +339,18 @@ def test_disk_full_propagates_as_oserror(tmp_path):
         bag.McapBagWriter("/dev/full", chunk_size=1024, compression="none")
     assert info.value.errno == errno.ENOSPC
     # Later, a sync (due by time) writes the chunk through: the disk error comes from that write.
-    w = bag.McapBagWriter(tmp_path / "b.mcap", compression="none", sync_interval=1e-6)
+    w = bag.McapBagWriter(tmp_path / "b.mcap", compression="none", sync_interval=0.05)
     w.add_topic("/cam", "sensor_msgs/msg/Image")
     img = M.image(np.zeros((64, 64, 3), np.uint8), 0.0, "cam")
     w.write_message("/cam", img, 0)
     full = os.open("/dev/full", os.O_WRONLY)
     os.dup2(full, w._file.fileno())  # the bag's descriptor now fails every write, as a full disk does
     os.close(full)
+    time.sleep(0.06)
     with pytest.raises(OSError):
-        w.write_message("/cam", img, 1)
+        w.write_message("/cam", img, 1)  # due: the chunk goes to the failing descriptor
+        time.sleep(0.06)  # only if a stall made the first write sync on its own: now this one is due
+        w.sync_if_due()
     with pytest.raises(OSError):
         w.close()
     assert w.closed
