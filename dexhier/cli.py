@@ -850,6 +850,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dexhier.perception_cli import add_commands as add_perception_commands
 
     add_perception_commands(ev_sub, add_json, _positive)
+    from dexhier.oc_cli import add_probe_command
+
+    add_probe_command(ev_sub, add_json, _positive)
 
     be = sub.add_parser("bench", help="benchmarks")
     be_sub = be.add_subparsers(dest="bench_command", required=True, metavar="TARGET", parser_class=_Parser)

@@ -89,3 +89,39 @@ def add_command(tr_sub, add_json, positive) -> None:
     _add_dataclass_flags(p, OCTrainConfig, "train_")
     add_json(p)
     p.set_defaults(func=cmd_train_lowlevel_oc)
+
+
+def cmd_eval_probe(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from policies.low_level.oc_probe import ProbeConfig, probe
+
+    try:
+        result = probe(args.checkpoint, args.data, ProbeConfig(frames=args.frames, shift=args.shift))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"dexhier eval probe: error: {err}", file=sys.stderr)
+        return 2
+    for key, value in result.items():
+        print(f"{key:36s} {value:.4f}" if isinstance(value, float) else f"{key:36s} {value}")
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), **result}))
+    return 0
+
+
+def add_probe_command(ev_sub, add_json, positive) -> None:
+    """Register ``eval probe`` on the ``eval`` subparsers."""
+    p = ev_sub.add_parser(
+        "probe",
+        help="does the object-centric low level use the object, the goal, and hold under dropout?",
+        description="On recorded approach frames: the predicted approach point's response to the object "
+        "moved by --shift (goal-free and with the goal moved along), the chunk's change when the goal is "
+        "swapped for another episode's (against sampling noise), and holds under perception dropout.",
+    )
+    p.add_argument("--checkpoint", type=Path, default=Path("checkpoints/lowlevel_oc_pick"),
+                   help="object-centric checkpoint (default: %(default)s)")  # fmt: skip
+    p.add_argument("--data", type=Path, required=True, help="a dataset recorded with --perception")
+    p.add_argument("--frames", type=positive, default=60, help="approach frames (default: 60)")
+    p.add_argument("--shift", type=float, default=0.02, help="object shift, m (default: 0.02)")
+    add_json(p)
+    p.set_defaults(func=cmd_eval_probe)

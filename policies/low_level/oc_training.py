@@ -173,7 +173,7 @@ class OCTrainer:
         self.opt.step()
         ema_update(self.ema, self.net, min(0.999, (1 + self.step) / (10 + self.step)), self.step)
         self.step += 1
-        return float(loss)
+        return float(loss.detach())
 
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
