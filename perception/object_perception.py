@@ -11,15 +11,17 @@ What a real camera gives: points with no segmentation labels. The pipeline (``La
    at ``theta`` minimise a truncated squared distance (coarse grid, then a finer one); the tip gap
    follows from the tool's law ``g = g0 + 2 L sin(theta)``; points within ``tool_margin`` of the
    fitted arms are the tool's;
-5. cluster what is left (open3d DBSCAN) and take the cluster nearest the tips as the object;
+5. cluster what is left (open3d DBSCAN) and take the cluster nearest the tips as the object, or,
+   given ``prior`` = (the last estimate's centre, a radius), the cluster nearest it within the radius;
 6. measure the object: its top from the highest points, centre (x, y) from the top cap (the part
    of a convex object every elevated camera sees), height above the plane, yaw of the top cap's
    minimum-area rectangle, and width across the object's faces from its points' extent about the
    centre (objects are centrally symmetric; the half the camera sees gives the whole).
 
 Bad input never raises: it gives ``valid=False`` with a reason. Documented choices: with two
-objects, the one nearest the tips is taken (``clusters`` counts the candidates); an object touching
-the tool keeps the points farther than ``tool_margin`` from the fitted arms.
+objects, the one nearest the tips (or the prior) is taken (``clusters`` counts the candidates); an
+object touching the tool keeps the points farther than ``tool_margin`` from the fitted arms, and a
+cluster that mostly hugs the arms outside the gap between the tip pads is tool, not object.
 """
 
 from __future__ import annotations
@@ -196,6 +198,7 @@ class LabelFreePerception:
         joint_names: Sequence[str],
         joint_positions: Sequence[float],
         tool_camera: str | None = "wrist",
+        prior: np.ndarray | None = None,
     ) -> Perceived:
         """Estimate from depth images (camera name -> float (H, W) m, 0 = no return) of the cell's
         cameras in ``base_link``: a fixed camera by its calibrated pose, a hand camera by forward
@@ -226,7 +229,7 @@ class LabelFreePerception:
         if tool_view:
             _, d, k, pose = tool_view[0]
             tool_cloud = self._crop(self._above(d, k, pose, plane, cfg.tool_camera_stride))
-        return self._segment(pts, plane, tool_cloud, counts)
+        return self._segment(pts, plane, tool_cloud, counts, prior)
 
     def _above(self, depth: np.ndarray, intr: Intrinsics, pose: np.ndarray, plane: np.ndarray, stride: int):
         """float32 (N, 3) base-frame points of the pixels (every ``stride``) above the table plane
@@ -256,6 +259,7 @@ class LabelFreePerception:
         joint_positions: Sequence[float],
         transform: np.ndarray | None = None,
         tool_cloud: np.ndarray | None = None,
+        prior: np.ndarray | None = None,
     ) -> Perceived:
         """Estimate from ``points`` (N, 3) float (in ``base_link``, or in a camera frame with the
         camera's (4, 4) pose ``transform``) and the measured joints (matched by name).
@@ -284,9 +288,9 @@ class LabelFreePerception:
         if plane is None:
             return Perceived(False, "no table plane in the cloud", counts=counts)
         tool_cloud = None if tool_cloud is None else self._crop(tool_cloud)
-        return self._segment(pts, plane, tool_cloud, counts)
+        return self._segment(pts, plane, tool_cloud, counts, prior)
 
-    def _segment(self, pts, plane, tool_cloud, counts) -> Perceived:
+    def _segment(self, pts, plane, tool_cloud, counts, prior=None) -> Perceived:
         """Robot mask, tool fit and object from cropped base-frame points and the table plane."""
         cfg = self.config
         pts, height = self._clean(pts, plane)
@@ -317,7 +321,7 @@ class LabelFreePerception:
             base = {"valid": False, "reason": f"tool not found ({counts['tool']} points near the arms)"}
         base["counts"] = counts
         rest, rest_h = pts[~tool_mask], height[~tool_mask]
-        obj, clusters, why = self._object_cluster(rest, tips)
+        obj, clusters, why = self._object_cluster(rest, tips, prior)
         if obj is None:
             return Perceived(**base, object_reason=why, clusters=clusters)
         return self._measure_object(rest[obj], rest_h[obj], plane, base, clusters)
@@ -397,7 +401,9 @@ class LabelFreePerception:
         mask[near] = geo.distance(cand, geo.tool_arm_geoms) <= cfg.tool_margin
         return theta, mask
 
-    def _object_cluster(self, pts: np.ndarray, tips: np.ndarray) -> tuple[np.ndarray | None, int, str]:
+    def _object_cluster(
+        self, pts: np.ndarray, tips: np.ndarray, prior=None
+    ) -> tuple[np.ndarray | None, int, str]:
         cfg = self.config
         if len(pts) < cfg.min_object_points:
             return None, 0, f"no object: {len(pts)} unexplained points"
@@ -405,23 +411,31 @@ class LabelFreePerception:
         labels = np.asarray(pcd.cluster_dbscan(eps=cfg.cluster_eps, min_points=cfg.cluster_min_points))
         best, best_d, n = None, math.inf, 0
         geo = self.geometry
-        mount, reach = geo.mount_pose(), self.tool.arm_length - 0.01
+        # The tool's frame (its arms open along y, hang along z) and its tip pads' inner faces.
+        origin, axes = geo.data.xpos[geo._base_body], geo.data.xmat[geo._base_body].reshape(3, 3)
+        tip_y = [(geo.data.site_xpos[s] - origin) @ axes[:, 1] for s in geo.tip_sites]
+        mid_y, half_gap = (tip_y[0] + tip_y[1]) / 2, abs(tip_y[0] - tip_y[1]) / 2
+        tip_z = self.tool.arm_length - 0.02
         for lab in range(labels.max() + 1 if len(labels) else 0):
             idx = np.nonzero(labels == lab)[0]
             if len(idx) < cfg.min_object_points or np.ptp(pts[idx], axis=0).max() > cfg.max_object_extent:
                 continue
-            # Leftovers of the tool's surface (the tool sags a few mm in the hand) hug its arms above
-            # the tips; a pinched object sits between the tip pads.
-            along = (pts[idx] - mount[:3, 3]) @ mount[:3, 2]
+            # Leftovers of the tool's surface (the tool sits a few mm off its nominal pose in the
+            # hand) hug its arms; a pinched object's points lie between the tip pads instead.
+            local = (pts[idx] - origin) @ axes
+            between = (np.abs(local[:, 1] - mid_y) < half_gap - 0.0005) & (local[:, 2] > tip_z)
             hugging = geo.distance(pts[idx], geo.tool_arm_geoms) <= 2 * cfg.tool_margin
-            if np.mean(hugging & (along < reach)) > 0.5:
+            if np.mean(hugging & ~between) > 0.5:
                 continue
             n += 1
-            d = float(np.linalg.norm(pts[idx].mean(0) - tips))
+            d = float(np.linalg.norm(pts[idx].mean(0) - (tips if prior is None else prior[0])))
+            if prior is not None and d > prior[1]:
+                continue
             if d < best_d:
                 best, best_d = idx, d
         if best is None:
-            return None, 0, "no object-sized cluster"
+            near = "near the tips" if prior is None else f"within {prior[1]:.3f} m of the last estimate"
+            return None, n, f"no object-sized cluster {near}"
         return best, n, ""
 
     def _measure_object(self, pts, height, plane, base: dict, clusters: int) -> Perceived:  # noqa: PLR0914

@@ -28,6 +28,11 @@ class ObjectObserver:
     """Per-frame ``perception/*`` keys from depth images and joint states, holding the last
     valid estimates. Lifecycle: ``reset()`` at every episode start, then ``observe`` per step."""
 
+    track_frames = 40
+    track_noise = 0.01
+    """m: an object estimate may move this much without the tips moving (perception noise)."""
+    """The last object estimate anchors the search for this many frames after it was measured."""
+
     def __init__(self, cell: CellConfig | None = None, config: PerceptionConfig | None = None) -> None:
         self.perception = LabelFreePerception(cell, config)
         self.n_points = self.perception.config.n_points
@@ -38,6 +43,7 @@ class ObjectObserver:
         self._tool: Perceived | None = None
         self._object: Perceived | None = None
         self._age = 0
+        self._mount_at_object = np.zeros(3)
 
     def intrinsics(self, camera: str, shape: tuple[int, int]):
         """Pinhole intrinsics of a cell camera for a depth image of ``shape`` (H, W)."""
@@ -52,8 +58,19 @@ class ObjectObserver:
     ) -> dict[str, np.ndarray]:
         """The perception keys for one frame (camera -> float (H, W) depth in m)."""
         intr = {c: self.intrinsics(c, np.shape(d)[:2]) for c, d in depths.items()}
+        # Track the object from its last estimate while that is recent: the cluster nearest the tips
+        # can be something else (tool residue where the tips touch the table).
+        prior = None
+        if self._object is not None and self._age <= self.track_frames:
+            # It has not moved unless the tips carried it: allow some noise plus the tips' travel.
+            try:
+                self.perception.geometry.set_joints(joint_names, joint_positions)
+                travel = np.linalg.norm(self.perception.geometry.mount_pose()[:3, 3] - self._mount_at_object)
+                prior = (self._object.object_center, self.track_noise + float(travel))
+            except ValueError:
+                prior = None
         est = self.perception.perceive_depth(
-            depths, intr, joint_names, joint_positions, tool_camera=TOOL_CAMERA
+            depths, intr, joint_names, joint_positions, tool_camera=TOOL_CAMERA, prior=prior
         )
         return self.update(est)
 
@@ -68,6 +85,7 @@ class ObjectObserver:
             self._tool = est
         if est.object_valid:
             self._object, self._age = est, 0
+            self._mount_at_object = self.perception.geometry.mount_pose()[:3, 3].copy()
         else:
             self._age += 1
         tool, obj = self._tool, self._object
