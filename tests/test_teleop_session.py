@@ -345,9 +345,8 @@ def test_train_lowlevel_and_subgoal_from_a_teleop_dataset(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     policy = LowLevelPolicy.load(out)
     ep = EpisodeDataset(cfg.out).episode(0)
-    obs = {
-        k: ep[k][0] for k in (V.OBS_ARM_QPOS, V.OBS_HAND_QPOS, V.OBS_TOOL_TIP_GAP, *map(V.rgb_key, V.DEFAULT_CAMERAS))
-    }
+    keys = (V.OBS_ARM_QPOS, V.OBS_HAND_QPOS, V.OBS_TOOL_TIP_GAP, *map(V.rgb_key, V.DEFAULT_CAMERAS))
+    obs = {k: ep[k][0] for k in keys}
     goal = {GOAL_RGB: ep[V.rgb_key("scene")][-1], GOAL_TOOL_TIP_GAP: ep[V.OBS_TOOL_TIP_GAP][-1]}
     chunk = policy.predict_chunk(obs, goal)
     meta = EpisodeDataset(cfg.out).meta
