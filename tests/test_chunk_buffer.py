@@ -131,7 +131,7 @@ def test_concurrent_pop_and_add_serve_one_action_per_step():
 # ------------------------------------------------------------------ the same actions as select_action
 def observation() -> dict[str, np.ndarray]:
     obs = {V.OBS_ARM_QPOS: np.zeros(6), V.OBS_HAND_QPOS: np.zeros(16), V.OBS_TOOL_TIP_GAP: np.array([0.01])}
-    for cam in V.CAMERAS:
+    for cam in V.DEFAULT_CAMERAS:
         obs[V.rgb_key(cam)] = np.zeros((64, 64, 3), np.uint8)
     return obs
 

@@ -53,7 +53,7 @@ def dataset_meta(arm_joints=V.ARM_JOINTS) -> dict:
         "hand_joints": list(V.HAND_JOINTS),
         "action_lower": LOWER.tolist(),
         "action_upper": UPPER.tolist(),
-        "cameras": list(V.CAMERAS),
+        "cameras": list(V.DEFAULT_CAMERAS),
     }
 
 
@@ -90,7 +90,7 @@ def write_dataset(root: Path, lengths=LENGTHS, meta: dict | None = None, size: i
                     V.ACTION: q,
                     V.ACTION_REQUEST: q,
                 }
-                for cam in V.CAMERAS:
+                for cam in V.DEFAULT_CAMERAS:
                     step[V.rgb_key(cam)] = image(e, t, cam, size)
                 rec.add_step(step)
             rec.commit(True)
@@ -104,7 +104,7 @@ def observation(e: int = 1, t: int = 5) -> dict[str, np.ndarray]:
         V.OBS_HAND_QPOS: q[N_ARM:],
         V.OBS_TOOL_TIP_GAP: np.array([tip_gap(e, t)]),
     }
-    for cam in V.CAMERAS:
+    for cam in V.DEFAULT_CAMERAS:
         obs[V.rgb_key(cam)] = image(e, t, cam)
     return obs
 
@@ -771,7 +771,7 @@ def _with_ground_truth(root: Path) -> Path:
                         V.OBS_TOOL_TIP_GAP: np.array([tip_gap(e, t)]), V.ACTION: q, V.ACTION_REQUEST: q,
                         "privileged/object_pos": np.array([0.5 + 0.01 * e, 0.0, 0.005]),
                         "privileged/tip_center": np.array([0.4, 0.001 * t, 0.1])}  # fmt: skip
-                for cam in V.CAMERAS:
+                for cam in V.DEFAULT_CAMERAS:
                     step[V.rgb_key(cam)] = image(e, t, cam)
                 rec.add_step(step)
             rec.commit(True)
