@@ -183,6 +183,7 @@ def _run_eval(args: argparse.Namespace, command: str) -> dict[str, Any]:
         video_dir=args.video,
         videos=args.videos,
         options=_policy_options(args),
+        objects=getattr(args, "objects", "train"),
     )
     results = _gather(iter_results(req), req.episodes, f"eval {req.label} {req.task}")
     summary = summarize(req, results)
@@ -637,6 +638,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--episodes", type=_positive, default=20, help="number of episodes (default: %(default)s)"
     )
     er.add_argument("--seed", type=int, default=0, help="seed of episode 0; episode i uses seed+i")
+    er.add_argument(
+        "--objects",
+        choices=("train", "heldout"),
+        default="train",
+        help="object shapes: the tasks' (train) or shapes never in training data: capsules, ellipsoids, "
+        "hexagonal-prism meshes (heldout) (default: train)",
+    )
     er.add_argument("--workers", type=_positive, default=1, help="parallel worker processes (default: 1)")
     er.add_argument("--video", type=Path, default=None, help="directory for MP4 videos of the episodes")
     er.add_argument("--videos", type=int, default=0, help="record only the first N episodes (0 = all)")

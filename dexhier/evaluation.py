@@ -14,7 +14,7 @@ import statistics
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,8 @@ class EvalRequest:
     """Number of episodes (the first ones) to record when ``video_dir`` is set; 0 = all."""
     options: dict[str, Any] = field(default_factory=dict)
     """Policy options (e.g. the low level's checkpoint, steps, goal source); JSON-able."""
+    objects: str = "train"
+    """Object shapes: ``train`` (the tasks' shapes) or ``heldout`` (never in training data)."""
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -126,6 +128,7 @@ class EvalRequest:
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
         POLICIES[self.policy].parse_options(self.options)  # bad options fail here, not in a worker
+        TwinConfig(task=self.task, objects=self.objects)
 
     @property
     def label(self) -> str:
@@ -142,14 +145,14 @@ class EvalRequest:
 _WORKER_ENV: dict[str, tuple[TwinEnv, RolloutPolicy]] = {}
 
 
-def _episode(job: tuple[str, str, int, str | None, dict[str, Any]]) -> EpisodeResult:
+def _episode(job: tuple[str, str, int, str | None, dict[str, Any], str]) -> EpisodeResult:
     """Run one episode in this process, reusing the process's env and policy."""
-    policy_name, task, seed, video_path, options = job
-    key = json.dumps([policy_name, task, options], sort_keys=True)
+    policy_name, task, seed, video_path, options, objects = job
+    key = json.dumps([policy_name, task, options, objects], sort_keys=True)
     if key not in _WORKER_ENV:
         entry = POLICIES[policy_name]
         parsed = entry.parse_options(options)
-        env = TwinEnv(entry.env_config(task, parsed))
+        env = TwinEnv(replace(entry.env_config(task, parsed), objects=objects))
         _WORKER_ENV[key] = (env, entry.factory(env, parsed))
     env, policy = _WORKER_ENV[key]
     if video_path is None:
@@ -168,7 +171,7 @@ def iter_results(req: EvalRequest) -> Iterator[EpisodeResult]:
         video = None
         if req.video_dir is not None and (req.videos == 0 or i < req.videos):
             video = str(Path(req.video_dir) / f"{req.task}_{req.label}_seed{seed}.mp4")
-        jobs.append((req.policy, req.task, seed, video, dict(req.options)))
+        jobs.append((req.policy, req.task, seed, video, dict(req.options), req.objects))
     if req.workers == 1:
         for job in jobs:
             yield _episode(job)
@@ -199,6 +202,7 @@ def summarize(req: EvalRequest, results: list[EpisodeResult]) -> dict[str, Any]:
         "policy": req.policy,
         "options": dict(req.options),
         "task": req.task,
+        "objects": req.objects,
         "episodes": len(results),
         "seed": req.seed,
         "workers": req.workers,

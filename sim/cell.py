@@ -26,6 +26,12 @@ from sim.robots import leap_like_hand, ur5e_like_arm
 from sim.tool import TweezerParams
 
 OBJECT_SHAPES: tuple[str, ...] = ("box", "cylinder", "sphere")
+"""Shapes the tasks sample for training data and evaluation."""
+HELDOUT_SHAPES: tuple[str, ...] = ("capsule", "ellipsoid", "hexprism")
+"""Shapes never in training data (``--objects heldout``): an upright capsule, an ellipsoid whose
+pinch width is its narrow horizontal axis (1.3x longer across), a hexagonal prism mesh (width
+across flats; the expert pinches it at any orientation, 1.0-1.15x the width)."""
+ELLIPSOID_ASPECT = 1.3
 OBJECT_BODY = "object"
 BIN_CENTER = (0.42, 0.30)
 """Bin centre (x, y) on the table, m."""
@@ -64,19 +70,41 @@ class ObjectParams:
     yaw: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.shape not in OBJECT_SHAPES:
-            raise CellBuildError(f"unknown object shape {self.shape!r}; valid: {', '.join(OBJECT_SHAPES)}")
+        if self.shape not in OBJECT_SHAPES + HELDOUT_SHAPES:
+            valid = ", ".join(OBJECT_SHAPES + HELDOUT_SHAPES)
+            raise CellBuildError(f"unknown object shape {self.shape!r}; valid: {valid}")
         if not 0.002 <= self.width <= 0.08 or not 0.002 <= self.height <= 0.1:
             raise CellBuildError(f"object size out of range: width {self.width} m, height {self.height} m")
         if self.mass <= 0 or self.friction <= 0:
             raise CellBuildError("object mass and friction must be positive")
 
+    def mesh_mjcf(self) -> str:
+        """The ``<mesh>`` asset of a hexagonal prism (across flats = width), or "" for primitives."""
+        if self.shape != "hexprism":
+            return ""
+        r, h = self.width / math.sqrt(3.0), self.height / 2
+        angles = [math.pi / 6 + k * math.pi / 3 for k in range(6)]
+        verts = [f"{r * math.cos(a):.6f} {r * math.sin(a):.6f} {z:.6f}" for z in (-h, h) for a in angles]
+        return f'<mesh name="object_mesh" vertex="{" ".join(verts)}"/>'
+
     def geom_mjcf(self) -> str:
         w, h = self.width / 2, self.height / 2
-        size = {"box": f"{w} {w} {h}", "cylinder": f"{w} {h}", "sphere": f"{w}"}[self.shape]
+        size = {
+            "box": f"{w} {w} {h}",
+            "cylinder": f"{w} {h}",
+            "sphere": f"{w}",
+            "capsule": f"{w} {max(h - w, 0.0005)}",
+            "ellipsoid": f"{w} {ELLIPSOID_ASPECT * w} {h}",
+            "hexprism": "",
+        }[self.shape]
         rgba = " ".join(f"{c:.3f}" for c in self.rgba)
+        kind = (
+            'type="mesh" mesh="object_mesh"'
+            if self.shape == "hexprism"
+            else f'type="{self.shape}" size="{size}"'
+        )
         return (
-            f'<geom name="object_geom" type="{self.shape}" size="{size}" mass="{self.mass}" '
+            f'<geom name="object_geom" {kind} mass="{self.mass}" '
             f'friction="{self.friction} 0.005 0.0001" rgba="{rgba}" condim="4" '
             'solref="0.004 1" solimp="0.95 0.99 0.0005" '
             f'contype="{_GROUP_OBJECT}" conaffinity="{_OBJECT_AFFINITY}"/>'
@@ -235,6 +263,7 @@ def _world_mjcf(cfg: CellConfig, obj: ObjectParams) -> str:
     {tool_mod.tool_default_class()}
   </default>
   <asset>
+    {obj.mesh_mjcf()}
     <texture name="grid" type="2d" builtin="checker" rgb1="0.55 0.5 0.42" rgb2="0.5 0.46 0.38"
              width="256" height="256"/>
     <material name="table" texture="grid" texrepeat="8 8"/>

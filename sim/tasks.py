@@ -51,14 +51,18 @@ class TaskInstance:
     extras: dict = field(default_factory=dict)
 
 
-def sample_object(rng: np.random.Generator, width_range: tuple[float, float]) -> ObjectParams:
-    """Sample an object: shape, size, mass, friction, colour and pose on the table."""
-    shape = OBJECT_SHAPES[int(rng.integers(len(OBJECT_SHAPES)))]
+def sample_object(
+    rng: np.random.Generator, width_range: tuple[float, float], shapes: tuple[str, ...] = OBJECT_SHAPES
+) -> ObjectParams:
+    """Sample an object: shape (one of ``shapes``), size, mass, friction, colour and pose on the table."""
+    shape = shapes[int(rng.integers(len(shapes)))]
     lo, hi = width_range
     if shape == "sphere":
         lo = max(lo, 0.010)  # smaller spheres sit below the tip pads
     width = float(rng.uniform(lo, hi))
     height = width if shape == "sphere" else float(rng.uniform(0.012, 0.03))
+    if shape == "capsule":
+        height = max(height, width + 0.002)  # an upright capsule is at least its diameter tall
     hue = float(rng.uniform(0.0, 1.0))
     rgb = colorsys.hsv_to_rgb(hue, float(rng.uniform(0.6, 0.9)), float(rng.uniform(0.7, 0.95)))
     return ObjectParams(
@@ -95,8 +99,8 @@ class Task(ABC):
     def __init__(self) -> None:
         self._held = 0.0
 
-    def sample(self, rng: np.random.Generator) -> TaskInstance:
-        obj = sample_object(rng, self.width_range)
+    def sample(self, rng: np.random.Generator, shapes: tuple[str, ...] = OBJECT_SHAPES) -> TaskInstance:
+        obj = sample_object(rng, self.width_range, shapes)
         return TaskInstance(task=self.name, object=obj, instruction=self.instruction_for(obj, None))
 
     @abstractmethod
@@ -138,8 +142,8 @@ class ToolOpenTo(Task):
     tolerance = 0.001
     gap_range = (0.004, 0.028)
 
-    def sample(self, rng: np.random.Generator) -> TaskInstance:
-        obj = sample_object(rng, self.width_range)
+    def sample(self, rng: np.random.Generator, shapes: tuple[str, ...] = OBJECT_SHAPES) -> TaskInstance:
+        obj = sample_object(rng, self.width_range, shapes)
         gap = float(rng.uniform(*self.gap_range))
         return TaskInstance(
             task=self.name, object=obj, target_gap=gap, instruction=self.instruction_for(obj, gap)

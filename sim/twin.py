@@ -20,7 +20,9 @@ from sim import tool as tool_mod
 from sim.backend import ActionSpec, ArraySpec, Backend, StepResult
 from sim.camera import camera_intrinsics, camera_pose, camera_pose_matrix, depth_to_points
 from sim.cell import (
+    HELDOUT_SHAPES,
     OBJECT_BODY,
+    OBJECT_SHAPES,
     SCENE_CAMERA,
     CellConfig,
     RobotSpec,
@@ -31,6 +33,8 @@ from sim.cell import (
 from sim.rendering import CameraRenderer
 from sim.tasks import PrivilegedState, TaskInstance, make_task
 
+OBJECT_SETS: dict[str, tuple[str, ...]] = {"train": OBJECT_SHAPES, "heldout": HELDOUT_SHAPES}
+"""Object shape sets by name (``TwinConfig.objects``)."""
 _SETTLE_TIME = 0.1  # s of physics after a reset so that contacts settle before t = 0
 
 
@@ -51,6 +55,8 @@ class TwinConfig:
         perception_cameras: cameras whose depth is rendered at ``perception_size`` for label-free
             perception (``depth_hd/<camera>`` keys, next to any policy-size ``depth/<camera>``).
         perception_size: (width, height) of those depth images, px.
+        objects: ``train`` samples the task's object shapes; ``heldout`` shapes never in training
+            data (``sim.cell.HELDOUT_SHAPES``).
         control_hz: action rate, Hz; must divide ``cell.physics_hz``.
         time_limit: episode length, s; None uses the task's limit.
     """
@@ -66,11 +72,14 @@ class TwinConfig:
     points_size: tuple[int, int] | None = None
     perception_cameras: tuple[str, ...] = ()
     perception_size: tuple[int, int] = (320, 240)
+    objects: str = "train"
     control_hz: float = V.CONTROL_HZ_DEFAULT
     time_limit: float | None = None
 
     def __post_init__(self) -> None:
         make_task(self.task)  # validates the name
+        if self.objects not in OBJECT_SETS:
+            raise ValueError(f"unknown objects {self.objects!r}; valid: {', '.join(OBJECT_SETS)}")
         ratio = self.cell.physics_hz / self.control_hz
         if self.control_hz <= 0 or abs(ratio - round(ratio)) > 1e-9 or round(ratio) < 1:
             raise ValueError(
@@ -183,7 +192,7 @@ class TwinEnv(Backend):
 
     def reset(self, seed: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
-        inst = self.task.sample(rng)
+        inst = self.task.sample(rng, OBJECT_SETS[self.config.objects])
         self._load(inst)
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)
