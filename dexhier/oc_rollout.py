@@ -28,7 +28,9 @@ class ObjectCentricRollout:
 
         torch.set_num_threads(options.threads)
         self.env, self.options = env, options
-        self.policy = ObjectCentricPolicy.load(options.checkpoint, **options.oc_overrides())
+        self.policy = ObjectCentricPolicy.load(
+            options.checkpoint, cell=env.config.cell, **options.oc_overrides()
+        )
         self.observer = ObjectObserver(env.config.cell)
         cfg = replace(env.config, time_limit=None, perception_cameras=())
         self.goals = OracleGoals(cfg, "workspace", OracleConfig(lookahead=options.lookahead), tips=True)

@@ -24,10 +24,10 @@ def dataset(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def checkpoint(dataset, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ckpt") / "oc"
-    cfg = OCConfig(width=64, blocks=1, point_width=16)
+@pytest.fixture(scope="module", params=["joint", "tip"])
+def checkpoint(dataset, tmp_path_factory, request) -> Path:
+    out = tmp_path_factory.mktemp("ckpt") / f"oc_{request.param}"
+    cfg = OCConfig(width=64, blocks=1, point_width=16, action_space=request.param)
     metrics = train([dataset], out, cfg, OCTrainConfig(batch=32, warmup=5, val_fraction=0.4), steps=30,
                     checkpoint_every=30, log=lambda m: None)  # fmt: skip
     assert np.isfinite(metrics["val_chunk_mae"])
@@ -105,6 +105,19 @@ def test_perception_dropout_holds_and_commands_nothing(checkpoint, dataset):
     # Fresh perception again: it plans (a chunk, not the hold).
     pol.select_action(obs, None)
     assert pol.holds == 3
+
+
+def test_tip_space_targets_reproduce_the_recorded_commands_through_the_ik(dataset):
+    from policies.low_level.tip_actions import TipKinematics
+
+    d = OCData([dataset], horizon=16, action_space="tip")
+    kin = TipKinematics(d.joint_names)
+    for i in (5, 40, 90):
+        b = d.batch(np.array([i]), np.random.default_rng(0), OCTrainConfig())
+        q = d.data["proprio"][i]
+        kin.reset_ik(q[:6], 0.05)
+        joints = kin.joints(q, b["action"].reshape(16, -1)[:4])
+        np.testing.assert_allclose(joints, d.data["action"][i : i + 4], atol=5e-3)
 
 
 def test_old_datasets_are_refused_with_the_command_that_records_perception(tmp_path):

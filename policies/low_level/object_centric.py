@@ -27,6 +27,7 @@ from policies.low_level.edm import SAMPLERS, EDMConfig
 
 OBS_DIM_EXTRA = 1 + 3 + 2 + 2 + 2  # gap, object offset, width/height, yaw (cos, sin), age, valid
 GOAL_DIM = 4  # goal gap, goal tips minus object (3)
+ACTION_SPACES = ("joint", "tip")
 POINT_SCALE = 0.1
 """Point offsets from the tips are divided by this (m) before the point encoder."""
 
@@ -44,6 +45,8 @@ class OCConfig:
         goal_dropout: probability of a dropped goal in training.
         use_points: feed the two point sets (else only the object summary).
         hold_after: with no object estimate for this many frames, the policy holds.
+        action_space: ``joint`` (joint-target offsets) or ``tip`` (tool-tip position and yaw
+            offsets plus hand joint offsets, arm joints by the expert's IK; ``tip_actions.py``).
     """
 
     horizon: int = 16
@@ -57,6 +60,7 @@ class OCConfig:
     goal_dropout: float = 0.1
     use_points: bool = True
     hold_after: int = 40
+    action_space: str = "joint"
     edm: EDMConfig = field(default_factory=lambda: EDMConfig(sigma_max=20.0, loglogistic_scale=1.0))
 
     def __post_init__(self) -> None:
@@ -68,6 +72,8 @@ class OCConfig:
             raise ValueError(f"unknown sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)}")
         if not 0.0 <= self.goal_dropout < 1.0:
             raise ValueError("goal_dropout must be in [0, 1)")
+        if self.action_space not in ACTION_SPACES:
+            raise ValueError(f"unknown action_space {self.action_space!r}; valid: {', '.join(ACTION_SPACES)}")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,6 +122,7 @@ class OCNet(nn.Module):
     """EDM denoiser F(c_in x, c_noise | obs, goal) over flattened action chunks."""
 
     def __init__(self, cfg: OCConfig, proprio_dim: int, action_dim: int) -> None:
+        """``action_dim``: per-step action size (joints, or 4 + hand joints in the tip space)."""
         super().__init__()
         self.cfg, self.action_dim = cfg, action_dim
         w, pw = cfg.width, cfg.point_width

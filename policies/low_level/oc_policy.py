@@ -32,34 +32,56 @@ from policies.low_level.object_centric import OCConfig, OCNet
 from policies.normalization import MinMaxNormalizer
 
 CHECKPOINT_TYPE = "dexhier.lowlevel_object_centric"
+CONTROL_DT = 0.05
+"""s: the control period the tip space's differential IK integrates over (20 Hz)."""
 GOAL_TIP_CENTER = V.GOAL_TOOL_TIP_CENTER
 
 
 class ObjectCentricPolicy:
     """Network + normalization + joint names and limits. Build with :meth:`load` or from parts."""
 
-    def __init__(self, config: OCConfig, joint_names, lower, upper, norm: MinMaxNormalizer, net=None) -> None:
-        self.config, self.joint_names = config, tuple(joint_names)
+    def __init__(
+        self,
+        config: OCConfig,
+        joint_names,
+        lower,
+        upper,
+        norm: MinMaxNormalizer,
+        net=None,
+        n_arm: int = 6,
+        cell=None,
+    ) -> None:
+        self.config, self.joint_names, self.n_arm = config, tuple(joint_names), int(n_arm)
         self.lower, self.upper = np.asarray(lower, float), np.asarray(upper, float)
         self.norm = norm
-        self.net = (net or OCNet(config, len(self.joint_names), len(self.joint_names))).eval()
+        n = len(self.joint_names)
+        self.action_dim = n if config.action_space == "joint" else 4 + n - self.n_arm
+        self.net = (net or OCNet(config, n, self.action_dim)).eval()
+        self.kin = None
+        if config.action_space == "tip":
+            from policies.low_level.tip_actions import TipKinematics
+
+            self.kin = TipKinematics(self.joint_names, cell)
         self.holds = 0
+        self.ik_dt = CONTROL_DT
         self.reset()
 
     # ------------------------------------------------------------------ I/O
     def save(self, directory: str | Path, metrics: dict[str, Any] | None = None) -> Path:
-        cfg = {"policy": self.config.to_json(), "joint_names": list(self.joint_names),
+        cfg = {"policy": self.config.to_json(), "joint_names": list(self.joint_names), "n_arm": self.n_arm,
                "lower": self.lower.tolist(), "upper": self.upper.tolist()}  # fmt: skip
         return save_checkpoint(
             directory, CHECKPOINT_TYPE, cfg, self.net.state_dict(), self.norm.to_json(), metrics
         )
 
     @classmethod
-    def load(cls, directory: str | Path, **overrides: Any) -> ObjectCentricPolicy:
+    def load(cls, directory: str | Path, cell=None, **overrides: Any) -> ObjectCentricPolicy:
+        """Load a checkpoint; ``cell`` (the configured ``CellConfig``) serves the tip space's IK."""
         doc, weights, stats = load_checkpoint(directory, CHECKPOINT_TYPE)
         c = doc["config"]
         config = OCConfig.from_json({**c["policy"], **{k: v for k, v in overrides.items() if v is not None}})
-        pol = cls(config, c["joint_names"], c["lower"], c["upper"], MinMaxNormalizer.from_json(stats))
+        norm = MinMaxNormalizer.from_json(stats)
+        pol = cls(config, c["joint_names"], c["lower"], c["upper"], norm, n_arm=c.get("n_arm", 6), cell=cell)
         pol.net.load_state_dict(weights)
         return pol
 
@@ -98,7 +120,7 @@ class ObjectCentricPolicy:
             c_skip, c_out, c_in, c_noise = preconditioning(sigma.view(-1, 1, 1), sd)
             return c_skip * x + c_out * net.denoise(c_in * x, c_noise.view(-1), cond)
 
-        shape = (len(cond), cfg.horizon, len(self.joint_names))
+        shape = (len(cond), cfg.horizon, self.action_dim)
         return sample(denoise, shape, cfg.edm, cfg.steps, cfg.sampler, generator=generator).clamp(-1.0, 1.0)
 
     def predict_chunk(
@@ -108,7 +130,11 @@ class ObjectCentricPolicy:
         q, t = self._inputs(obs, goal)
         x = self.sample_normalized(self.net, t, generator)
         offsets = self.norm.denormalize("action", x.reshape(1, -1).numpy()).reshape(self.config.horizon, -1)
-        chunk = q[None] + offsets
+        if self.kin is not None:  # tip space: the arm by IK from the measured joints, a fresh solution
+            self.kin.reset_ik(q[: self.n_arm], self.ik_dt)
+            chunk = self.kin.joints(q, np.nan_to_num(offsets))
+        else:
+            chunk = q[None] + offsets
         bad = ~np.isfinite(chunk)
         chunk[bad] = np.broadcast_to(q, chunk.shape)[bad]
         return np.clip(chunk, self.lower, self.upper)

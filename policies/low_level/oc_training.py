@@ -23,6 +23,7 @@ from dexhier.episodes import EpisodeDataset
 from policies.low_level import oc_features as F
 from policies.low_level.edm import sample_training_sigma, training_target
 from policies.low_level.object_centric import OCConfig
+from policies.low_level.tip_actions import tip_chunks, wrap
 from policies.normalization import MinMaxNormalizer
 from policies.optim import allreduce_gradients, dist_info, ema_update, warmup_cosine
 
@@ -51,8 +52,9 @@ class OCTrainConfig:
 class OCData:
     """All steps of the given datasets in memory: arrays indexed by a global step index."""
 
-    def __init__(self, roots: Sequence[str | Path], horizon: int) -> None:
-        self.horizon = horizon
+    def __init__(self, roots: Sequence[str | Path], horizon: int, action_space: str = "joint") -> None:
+        self.horizon, self.action_space = horizon, action_space
+        kin = None
         arrays: dict[str, list[np.ndarray]] = {}
         starts, ends, names = [], [], None
         n = 0
@@ -82,6 +84,13 @@ class OCData:
                     "tips": obs[V.PERC_TIP_CENTER],
                     "centre": obs[V.PERC_OBJECT][:, :3],
                 }
+                if action_space == "tip":
+                    if kin is None:
+                        from policies.low_level.tip_actions import TipKinematics
+
+                        kin = TipKinematics(meta_names)
+                    rows["tip_target"] = tip_chunks(kin, rows["proprio"], rows["action"])
+                    rows["tip_now"] = tip_chunks(kin, rows["proprio"], rows["proprio"])
                 for k, v in rows.items():
                     arrays.setdefault(k, []).append(v)
                 starts.append(n)
@@ -106,7 +115,11 @@ class OCData:
         d, H = self.data, self.horizon
         end = self.episode_end[self.step_episode[idx]] - 1
         ks = np.minimum(idx[:, None] + np.arange(H)[None], end[:, None])
-        chunk = d["action"][ks] - d["proprio"][idx][:, None]
+        if self.action_space == "tip":
+            chunk = d["tip_target"][ks] - d["tip_now"][idx][:, None]
+            chunk[..., 3] = wrap(chunk[..., 3])
+        else:
+            chunk = d["action"][ks] - d["proprio"][idx][:, None]
         g = np.minimum(idx + rng.integers(cfg.goal_min, cfg.goal_max + 1, len(idx)), end)
         extra = d["extra"][idx].copy()
         if cfg.object_noise > 0:  # perception's centroid error, so the goal offset tolerates it
@@ -216,10 +229,15 @@ def train(
     from policies.optim import fit
 
     torch.manual_seed(cfg.seed)
-    d = OCData(data, policy_cfg.horizon)
+    d = OCData(data, policy_cfg.horizon, policy_cfg.action_space)
     meta = d.meta
     policy = ObjectCentricPolicy(
-        policy_cfg, d.joint_names, meta["action_lower"], meta["action_upper"], d.fit_normalizer(cfg)
+        policy_cfg,
+        d.joint_names,
+        meta["action_lower"],
+        meta["action_upper"],
+        d.fit_normalizer(cfg),
+        n_arm=len(meta["arm_joints"]),
     )
     trainer = OCTrainer(policy, d, cfg, steps, Path(out))
     params = sum(p.numel() for p in policy.net.parameters()) / 1e6
