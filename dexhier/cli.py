@@ -150,9 +150,9 @@ _POLICY_FLAGS = {"expert": (), "lowlevel": _LOWLEVEL_FLAGS, "hierarchical": _HIE
 
 
 def _default_lowlevel(policy: str, task: str) -> Path:
-    from dexhier.hierarchical_rollout import default_lowlevel
+    from dexhier.hierarchical_rollout import best_lowlevel, default_lowlevel
 
-    return Path(default_lowlevel(task)) if policy == "hierarchical" else DEFAULT_LOWLEVEL
+    return Path(default_lowlevel(task) if policy == "hierarchical" else best_lowlevel(task))
 
 
 def _policy_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -654,8 +654,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         type=Path,
         default=None,
-        help=f"policy checkpoint (default: {DEFAULT_LOWLEVEL}; checkpoints/lowlevel_ddpm is the peer; "
-        "with --policy hierarchical checkpoints/lowlevel_pick, or lowlevel_pick_place for that task)",
+        help="policy checkpoint (default: the best shipped low level for the task, "
+        "dexhier.hierarchical_rollout.BEST_LOWLEVEL; checkpoints/lowlevel_ddpm is the DDPM peer; "
+        "with --policy hierarchical checkpoints/lowlevel_pick, or lowlevel_pick_place for that task; "
+        "an object-centric checkpoint runs on label-free perception)",
     )
     ll.add_argument(
         "--goal-source",

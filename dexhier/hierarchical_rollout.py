@@ -32,6 +32,19 @@ def default_lowlevel(task: str) -> str:
     return TASK_LOWLEVEL.get(task, DEFAULT_LOWLEVEL)
 
 
+BEST_LOWLEVEL = {
+    "tool_open_to": "checkpoints/lowlevel",
+    "tweezer_pick": DEFAULT_LOWLEVEL,
+    "tweezer_pick_place": "checkpoints/lowlevel_pick_place",
+}
+"""The best shipped low level per task with oracle goals (docs/benchmarks.md): what
+``dexhier eval rollout --policy lowlevel`` runs without ``--checkpoint``."""
+
+
+def best_lowlevel(task: str) -> str:
+    return BEST_LOWLEVEL.get(task, "checkpoints/lowlevel")
+
+
 DEFAULT_GENERATOR = "checkpoints/subgoal"
 DEFAULT_FILTER = "checkpoints/subgoal_filter"
 DEFAULT_VALUE = "checkpoints/subgoal_value"
