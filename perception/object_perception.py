@@ -302,7 +302,10 @@ class LabelFreePerception:
             fit_pts, _ = self._clean(fit_pts, plane)
             theta, fit_mask = self._fit_tool(fit_pts)
             tool_pts = fit_pts[fit_mask]
-            tool_mask = self.geometry.distance(pts, self.geometry.tool_arm_geoms) <= cfg.tool_margin
+            # A pinched object lies between the tip pads: those points stay object candidates.
+            tool_mask = (
+                self.geometry.distance(pts, self.geometry.tool_arm_geoms) <= cfg.tool_margin
+            ) & ~self._between_tips(pts)
         else:
             theta, tool_mask = self._fit_tool(pts)
             tool_pts = pts[tool_mask]
@@ -401,6 +404,16 @@ class LabelFreePerception:
         mask[near] = geo.distance(cand, geo.tool_arm_geoms) <= cfg.tool_margin
         return theta, mask
 
+    def _between_tips(self, pts: np.ndarray) -> np.ndarray:
+        """Boolean (N,): points in the gap between the tip pads (inside their inner faces, within
+        2 cm of the tips along the tool), at the tool's current fitted pose."""
+        geo = self.geometry
+        origin, axes = geo.data.xpos[geo._base_body], geo.data.xmat[geo._base_body].reshape(3, 3)
+        tip_y = [(geo.data.site_xpos[s] - origin) @ axes[:, 1] for s in geo.tip_sites]
+        mid_y, half_gap = (tip_y[0] + tip_y[1]) / 2, abs(tip_y[0] - tip_y[1]) / 2
+        local = (pts - origin) @ axes
+        return (np.abs(local[:, 1] - mid_y) < half_gap - 0.0005) & (local[:, 2] > self.tool.arm_length - 0.02)
+
     def _object_cluster(
         self, pts: np.ndarray, tips: np.ndarray, prior=None
     ) -> tuple[np.ndarray | None, int, str]:
@@ -412,18 +425,13 @@ class LabelFreePerception:
         best, best_d, n = None, math.inf, 0
         geo = self.geometry
         # The tool's frame (its arms open along y, hang along z) and its tip pads' inner faces.
-        origin, axes = geo.data.xpos[geo._base_body], geo.data.xmat[geo._base_body].reshape(3, 3)
-        tip_y = [(geo.data.site_xpos[s] - origin) @ axes[:, 1] for s in geo.tip_sites]
-        mid_y, half_gap = (tip_y[0] + tip_y[1]) / 2, abs(tip_y[0] - tip_y[1]) / 2
-        tip_z = self.tool.arm_length - 0.02
         for lab in range(labels.max() + 1 if len(labels) else 0):
             idx = np.nonzero(labels == lab)[0]
             if len(idx) < cfg.min_object_points or np.ptp(pts[idx], axis=0).max() > cfg.max_object_extent:
                 continue
             # Leftovers of the tool's surface (the tool sits a few mm off its nominal pose in the
             # hand) hug its arms; a pinched object's points lie between the tip pads instead.
-            local = (pts[idx] - origin) @ axes
-            between = (np.abs(local[:, 1] - mid_y) < half_gap - 0.0005) & (local[:, 2] > tip_z)
+            between = self._between_tips(pts[idx])
             hugging = geo.distance(pts[idx], geo.tool_arm_geoms) <= 2 * cfg.tool_margin
             if np.mean(hugging & ~between) > 0.5:
                 continue
