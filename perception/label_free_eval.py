@@ -55,24 +55,24 @@ def _twin(task: str, size: tuple[int, int]):
 
 def _episode(job: tuple[str, int, int, tuple[int, int]]) -> list[dict[str, Any]]:
     """Per-frame errors of one expert episode."""
-    from perception.object_perception import LabelFreePerception
-    from sim.camera import camera_intrinsics
+    from perception.observer import ObjectObserver
     from sim.expert import ExpertPolicy
 
     task, seed, every, size = job
     env = _twin(task, size)
     try:
-        expert, perception = ExpertPolicy(env), LabelFreePerception(env.config.cell)
+        # Perception as the stack runs it: the observer searches the object near its last estimate.
+        expert, observer = ExpertPolicy(env), ObjectObserver(env.config.cell)
         obs = env.reset(seed)
         expert.reset()
-        intr = {c: camera_intrinsics(env.model, c, *size) for c in CAMERAS}
         names, rows, step, done = env.robot.joint_names, [], 0, False
         while not done:
             if step % every == 0:
                 q = np.concatenate([obs[V.OBS_ARM_QPOS], obs[V.OBS_HAND_QPOS]])
                 t0 = time.perf_counter()
-                est = perception.perceive_depth({c: obs[V.depth_key(c)] for c in CAMERAS}, intr, names, q)
+                est = observer.perceive({c: obs[V.depth_key(c)] for c in CAMERAS}, names, q)
                 ms = 1000.0 * (time.perf_counter() - t0)
+                observer.update(est)
                 truth, obj = env.privileged_state(), env.instance.object
                 rows.append({
                     "task": task, "phase": expert.phase, "ms": ms,

@@ -57,6 +57,13 @@ class ObjectObserver:
         self, depths: Mapping[str, np.ndarray], joint_names: Sequence[str], joint_positions: Sequence[float]
     ) -> dict[str, np.ndarray]:
         """The perception keys for one frame (camera -> float (H, W) depth in m)."""
+        return self.update(self.perceive(depths, joint_names, joint_positions))
+
+    def perceive(
+        self, depths: Mapping[str, np.ndarray], joint_names: Sequence[str], joint_positions: Sequence[float]
+    ) -> Perceived:
+        """This frame's estimate, the object searched near its last estimate (no state change:
+        ``update`` folds it in)."""
         intr = {c: self.intrinsics(c, np.shape(d)[:2]) for c, d in depths.items()}
         # Track the object from its last estimate while that is recent: the cluster nearest the tips
         # can be something else (tool residue where the tips touch the table).
@@ -69,10 +76,9 @@ class ObjectObserver:
                 prior = (self._object.object_center, self.track_noise + float(travel))
             except ValueError:
                 prior = None
-        est = self.perception.perceive_depth(
+        return self.perception.perceive_depth(
             depths, intr, joint_names, joint_positions, tool_camera=TOOL_CAMERA, prior=prior
         )
-        return self.update(est)
 
     def observe(self, obs: Mapping[str, np.ndarray], joint_names: Sequence[str]) -> dict[str, np.ndarray]:
         """The perception keys from a twin or cell observation with ``depth_hd/<camera>`` keys."""
