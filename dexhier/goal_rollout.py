@@ -64,7 +64,8 @@ class LowLevelOptions:
 
     def oc_overrides(self) -> dict[str, Any]:
         """The overrides the object-centric low level has (None values dropped)."""
-        kw = {"steps": self.steps, "sampler": self.sampler, "exec_steps": self.exec_steps}
+        kw = {"steps": self.steps, "sampler": self.sampler, "exec_steps": self.exec_steps,
+              "cfg_lambda": self.cfg_lambda}  # fmt: skip
         return {k: v for k, v in kw.items() if v is not None}
 
     def overrides(self) -> dict[str, Any]:

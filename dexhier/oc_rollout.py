@@ -45,7 +45,7 @@ class ObjectCentricRollout:
 
     def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         full = {**obs, **self.observer.observe(obs, self.env.robot.joint_names)}
-        return self.policy.select_action(full, self.goals.goal(obs))
+        return self.policy.select_action(full, self.goals.goal(full))
 
     def episode_info(self) -> dict[str, Any]:
         return {"holds": self.policy.holds}

@@ -93,6 +93,7 @@ class OracleGoals:
         self.reference = ExpertReference(np.stack(images), np.stack(joints), np.asarray(gaps), success)
         if self._geometry is not None:
             geo, names, tool = self._geometry, env.robot.joint_names, env.tool
+            self._names = names
             tips = []
             for q, gap in zip(self.reference.joints, self.reference.tip_gap, strict=True):
                 geo.set_joints(names, q, theta=tool.theta_for_gap(gap))
@@ -114,10 +115,20 @@ class OracleGoals:
         q = np.concatenate([np.asarray(obs[V.OBS_ARM_QPOS]), np.asarray(obs[V.OBS_HAND_QPOS])])
         n_arm = len(obs[V.OBS_ARM_QPOS])
         lo, hi = self._progress, min(self._progress + cfg.window, len(ref.joints) - 1)
-        diff = ref.joints[lo : hi + 1] - q
-        dist = np.linalg.norm(diff[:, :n_arm], axis=1) + cfg.hand_weight * np.linalg.norm(
-            diff[:, n_arm:], axis=1
-        )
+        if ref.tip_center is not None:
+            # Track by the tool's state: the tips (FK of the measured joints) and the tip gap (perceived
+            # when given). Joints alone confuse a tool still open above the grasp with the expert's lift.
+            geo = self._geometry
+            geo.set_joints(self._names, q)
+            gap = float(np.asarray(obs.get(V.PERC_TIP_GAP, obs[V.OBS_TOOL_TIP_GAP]))[0])
+            dist = np.linalg.norm(ref.tip_center[lo : hi + 1] - geo.tip_center(), axis=1) + np.abs(
+                ref.tip_gap[lo : hi + 1] - gap
+            )
+        else:
+            diff = ref.joints[lo : hi + 1] - q
+            dist = np.linalg.norm(diff[:, :n_arm], axis=1) + cfg.hand_weight * np.linalg.norm(
+                diff[:, n_arm:], axis=1
+            )
         # Ties go to the latest frame, so that a still stretch of the expert cannot hold progress.
         self._progress = hi - int(np.argmin(dist[::-1]))
         g = min(self._progress + cfg.lookahead, len(ref.joints) - 1)

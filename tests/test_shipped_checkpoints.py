@@ -52,3 +52,33 @@ def test_shipped_low_level_policies_act_in_the_twin(name: str) -> None:
     assert policy.layout.arm_joints == env.robot.arm_joints
     assert policy.layout.hand_joints == env.robot.hand_joints
     env.close()
+
+
+@pytest.mark.sim
+def test_shipped_object_centric_low_level_acts_on_label_free_perception() -> None:
+    from dexhier.goal_rollout import LowLevelOptions, env_config
+    from dexhier.oc_rollout import ObjectCentricRollout
+    from sim.twin import TwinEnv
+
+    ckpt = ROOT / "lowlevel_oc_pick"
+    assert (ckpt / "config.json").is_file(), "checkpoints/lowlevel_oc_pick is missing"
+    opts = LowLevelOptions(checkpoint=str(ckpt), lookahead=8)
+    env = TwinEnv(env_config("tweezer_pick", opts))
+    try:
+        rollout = ObjectCentricRollout(env, opts)
+        obs = env.reset(3)
+        rollout.reset()
+        tips0 = np.linalg.norm(env.privileged_state().tip_center - env.privileged_state().object_pos)
+        for _ in range(10):
+            action = rollout.select_action(obs)
+            assert np.all(np.isfinite(action))
+            assert np.all(action >= env.action_spec.lower) and np.all(action <= env.action_spec.upper)
+            obs = env.step(action)[0]
+        assert rollout.policy.holds == 0
+        # It moves towards the object: the tips get closer within half a second (the twin's truth
+        # is the oracle here, never an input).
+        tips = np.linalg.norm(env.privileged_state().tip_center - env.privileged_state().object_pos)
+        assert tips < tips0 - 0.02
+        assert rollout.policy.joint_names == env.robot.joint_names
+    finally:
+        env.close()

@@ -43,6 +43,7 @@ class OCConfig:
         point_width: DP3 encoder width (per point MLP 3 -> w/2 -> w, max-pool, LayerNorm).
         steps, sampler: EDM sampling steps and sampler.
         goal_dropout: probability of a dropped goal in training.
+        cfg_lambda: classifier-free guidance weight at sampling (1 = plain conditional, one pass).
         use_points: feed the two point sets (else only the object summary).
         hold_after: with no object estimate for this many frames, the policy holds.
         action_space: ``joint`` (joint-target offsets) or ``tip`` (tool-tip position and yaw
@@ -58,6 +59,7 @@ class OCConfig:
     steps: int = 3
     sampler: str = "ddim"
     goal_dropout: float = 0.1
+    cfg_lambda: float = 1.0
     use_points: bool = True
     hold_after: int = 40
     action_space: str = "joint"
@@ -70,6 +72,8 @@ class OCConfig:
             raise ValueError("n_points, width, blocks, point_width, steps and hold_after must be >= 1")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)}")
+        if not (math.isfinite(self.cfg_lambda) and 0.0 <= self.cfg_lambda <= 10.0):
+            raise ValueError(f"cfg_lambda must be in [0, 10], got {self.cfg_lambda}")
         if not 0.0 <= self.goal_dropout < 1.0:
             raise ValueError("goal_dropout must be in [0, 1)")
         if self.action_space not in ACTION_SPACES:

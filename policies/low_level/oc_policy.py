@@ -114,11 +114,18 @@ class ObjectCentricPolicy:
         """Normalized action-offset chunks (B, H, A) for normalized inputs ``t`` (goal optional)."""
         cfg = self.config
         cond = net.encode(t, t.get("goal"))
+        # Classifier-free guidance: uncond + lambda (cond - uncond), the goal-free pass only if needed.
+        guide = t.get("goal") is not None and cfg.cfg_lambda != 1.0
+        uncond = net.encode(t, None) if guide else None
         sd = cfg.edm.sigma_data
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             c_skip, c_out, c_in, c_noise = preconditioning(sigma.view(-1, 1, 1), sd)
-            return c_skip * x + c_out * net.denoise(c_in * x, c_noise.view(-1), cond)
+            f = net.denoise(c_in * x, c_noise.view(-1), cond)
+            if guide:
+                f_u = net.denoise(c_in * x, c_noise.view(-1), uncond)
+                f = f_u + cfg.cfg_lambda * (f - f_u)
+            return c_skip * x + c_out * f
 
         shape = (len(cond), cfg.horizon, self.action_dim)
         return sample(denoise, shape, cfg.edm, cfg.steps, cfg.sampler, generator=generator).clamp(-1.0, 1.0)
