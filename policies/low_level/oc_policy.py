@@ -134,9 +134,13 @@ class ObjectCentricPolicy:
         self, obs: Mapping[str, Any], goal: Mapping[str, Any] | None, generator=None
     ) -> np.ndarray:
         """(H, A) absolute joint targets (rad) for one observation and goal; pure."""
+        return self._chunk(obs, goal, generator, self.config.horizon)
+
+    def _chunk(self, obs, goal, generator, n: int) -> np.ndarray:
+        """The first ``n`` steps of a chunk (the tip space's IK runs for those only)."""
         q, t = self._inputs(obs, goal)
         x = self.sample_normalized(self.net, t, generator)
-        offsets = self.norm.denormalize("action", x.reshape(1, -1).numpy()).reshape(self.config.horizon, -1)
+        offsets = self.norm.denormalize("action", x.reshape(1, -1).numpy()).reshape(self.config.horizon, -1)[:n]
         if self.kin is not None:  # tip space: the arm by IK from the measured joints, a fresh solution
             self.kin.reset_ik(q[: self.n_arm], self.ik_dt)
             chunk = self.kin.joints(q, np.nan_to_num(offsets))
@@ -168,6 +172,5 @@ class ObjectCentricPolicy:
             self.holds += 1
             return np.clip(F.proprio(obs).astype(float), self.lower, self.upper)
         if not self._queue:
-            chunk = self.predict_chunk(obs, goal, self._gen)
-            self._queue.extend(chunk[: self.config.exec_steps])
+            self._queue.extend(self._chunk(obs, goal, self._gen, self.config.exec_steps))
         return self._queue.popleft()
