@@ -140,7 +140,9 @@ class ObjectCentricPolicy:
         """The first ``n`` steps of a chunk (the tip space's IK runs for those only)."""
         q, t = self._inputs(obs, goal)
         x = self.sample_normalized(self.net, t, generator)
-        offsets = self.norm.denormalize("action", x.reshape(1, -1).numpy()).reshape(self.config.horizon, -1)[:n]
+        offsets = self.norm.denormalize("action", x.reshape(1, -1).numpy()).reshape(self.config.horizon, -1)[
+            :n
+        ]
         if self.kin is not None:  # tip space: the arm by IK from the measured joints, a fresh solution
             self.kin.reset_ik(q[: self.n_arm], self.ik_dt)
             chunk = self.kin.joints(q, np.nan_to_num(offsets))
