@@ -97,14 +97,23 @@ def test_perception_dropout_holds_and_commands_nothing(checkpoint, dataset):
     pol = ObjectCentricPolicy.load(checkpoint)
     obs = _obs(dataset, 40)
     q = np.concatenate([obs[V.OBS_ARM_QPOS], obs[V.OBS_HAND_QPOS]])
-    stale = {**obs, V.PERC_OBJECT_AGE: np.array([pol.config.hold_after + 1.0])}
+    never = {**obs, V.PERC_OBJECT_AGE: np.array([10_000.0])}
     pol.reset(0)
-    for _ in range(3):
-        np.testing.assert_allclose(pol.select_action(stale, None), np.clip(q, pol.lower, pol.upper))
+    for _ in range(3):  # the object never seen: hold where the robot is
+        np.testing.assert_allclose(pol.select_action(never, None), np.clip(q, pol.lower, pol.upper))
     assert pol.holds == 3
-    # Fresh perception again: it plans (a chunk, not the hold).
-    pol.select_action(obs, None)
+    # Fresh perception: it plans (a chunk, not the hold).
+    sent = pol.select_action(obs, None)
     assert pol.holds == 3
+    # No tool state for longer than the timeout: it repeats its last target, commanding nothing new.
+    blind = {**obs, V.PERC_VALID: np.zeros(1)}
+    for _ in range(pol.config.hold_after):  # within the timeout it still acts
+        pol.select_action(blind, None)
+    assert pol.holds == 3
+    last = pol._last.copy()
+    for _ in range(5):
+        np.testing.assert_array_equal(pol.select_action(blind, None), np.clip(last, pol.lower, pol.upper))
+    assert pol.holds == 5 + 3 and np.all(np.isfinite(sent))
 
 
 def test_tip_space_targets_reproduce_the_recorded_commands_through_the_ik(dataset):

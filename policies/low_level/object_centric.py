@@ -45,7 +45,8 @@ class OCConfig:
         goal_dropout: probability of a dropped goal in training.
         cfg_lambda: classifier-free guidance weight at sampling (1 = plain conditional, one pass).
         use_points: feed the two point sets (else only the object summary).
-        hold_after: with no object estimate for this many frames, the policy holds.
+        hold_after: with no tool state measured for more than this many frames (or the object never
+            seen), the policy holds.
         action_space: ``joint`` (joint-target offsets) or ``tip`` (tool-tip position and yaw
             offsets plus hand joint offsets, arm joints by the expert's IK; ``tip_actions.py``).
     """

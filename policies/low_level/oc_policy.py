@@ -9,9 +9,9 @@ keys (``perception.observer.ObjectObserver``). Goal keys: ``goal/tool/tip_gap`` 
 ``goal/tool/tip_center`` (3,) m in ``base_link``; ``goal=None`` is the goal-free policy.
 Actions are absolute joint targets (rad), finite and inside the joint limits.
 
-**Perception dropout holds.** Without a tool state ever measured, or with an object estimate older
-than ``hold_after`` frames, ``select_action`` returns the measured joints (hold, no motion) and
-counts it in ``holds``; the queue is cleared so the next valid frame replans.
+**Perception dropout holds.** With the object never seen, or no tool state measured for more than
+``hold_after`` frames, ``select_action`` repeats its last target (the measured joints before any)
+and counts it in ``holds``; the queue is cleared so the next valid frame replans.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ CHECKPOINT_TYPE = "dexhier.lowlevel_object_centric"
 CONTROL_DT = 0.05
 """s: the control period the tip space's differential IK integrates over (20 Hz)."""
 GOAL_TIP_CENTER = V.GOAL_TOOL_TIP_CENTER
+AGE_NEVER = 10_000.0
+"""``perception/object_age`` at or above this means the object was never seen (the observer's value)."""
 
 
 class ObjectCentricPolicy:
@@ -157,22 +159,31 @@ class ObjectCentricPolicy:
         self._queue: collections.deque[np.ndarray] = collections.deque()
         self._gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
         self.holds = 0
+        self._tool_dropout = 0
+        self._last: np.ndarray | None = None
 
     def must_hold(self, obs: Mapping[str, Any]) -> bool:
-        """True when perception cannot support an action (never a tool state, or a stale object)."""
-        never_tool = float(np.asarray(obs.get(V.PERC_VALID, [0.0]))[0]) == 0.0 and not np.any(
-            np.asarray(obs.get(V.PERC_TOOL_POINTS, np.zeros((1, 3))))
-        )
+        """True when perception cannot support an action: the object never seen, or no tool state
+        measured for more than ``hold_after`` frames. (An object estimate may age while the object
+        sits hidden in the tips; its last estimate then still places it.)"""
+        if float(np.asarray(obs.get(V.PERC_VALID, [0.0]))[0]) > 0.0:
+            self._tool_dropout = 0
+        else:
+            self._tool_dropout += 1
         age = float(np.asarray(obs.get(V.PERC_OBJECT_AGE, [np.inf]))[0])
-        return never_tool or not age <= self.config.hold_after
+        never_object = not age < AGE_NEVER
+        return never_object or self._tool_dropout > self.config.hold_after
 
     def select_action(self, obs: Mapping[str, Any], goal: Mapping[str, Any] | None) -> np.ndarray:
-        """The next joint target (A,): from the queue, replanning when it is empty; a hold (the
-        measured joints) under perception dropout."""
+        """The next joint target (A,): from the queue, replanning when it is empty. Under perception
+        dropout, a hold: the last target sent (as a trajectory controller keeps its last setpoint, so
+        a grip keeps its squeeze), or the measured joints before any."""
         if self.must_hold(obs):
             self._queue.clear()
             self.holds += 1
-            return np.clip(F.proprio(obs).astype(float), self.lower, self.upper)
+            held = self._last if self._last is not None else F.proprio(obs).astype(float)
+            return np.clip(held, self.lower, self.upper)
         if not self._queue:
             self._queue.extend(self._chunk(obs, goal, self._gen, self.config.exec_steps))
-        return self._queue.popleft()
+        self._last = self._queue.popleft()
+        return self._last

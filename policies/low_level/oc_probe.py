@@ -9,8 +9,8 @@ contact), with the recorded perception keys as observation:
   shift / shift; 1 = follows exactly). Measured goal-free and with the goal moved with the object.
 * **goal swap**: another episode's goal instead of the frame's; the chunk's change (rad) against
   the change from the sampling noise alone (``goal_swap_ratio`` > 1: the goal is read).
-* **perception dropout**: an object estimate older than ``hold_after`` frames, and a tool never
-  measured: the policy must hold (return the measured joints).
+* **perception dropout**: an object never seen, and no tool state for more than ``hold_after``
+  frames: the policy must hold (the measured joints before any target, then its last target).
 """
 
 from __future__ import annotations
@@ -107,17 +107,16 @@ def probe(checkpoint: str | Path, data: str | Path, cfg: ProbeConfig | None = No
         noise.append(float(np.abs(a - b).mean()))
         swap.append(float(np.abs(a - c).mean()))
     f = frames[0]
-    stale = {**f["obs"], V.PERC_OBJECT_AGE: np.array([pol.config.hold_after + 1.0])}
-    blind = {
-        **f["obs"],
-        V.PERC_VALID: np.zeros(1),
-        V.PERC_TOOL_POINTS: np.zeros_like(f["obs"][V.PERC_TOOL_POINTS]),
-    }
+    never = {**f["obs"], V.PERC_OBJECT_AGE: np.array([10_000.0])}
+    blind = {**f["obs"], V.PERC_VALID: np.zeros(1)}
     q = np.concatenate([f["obs"][V.OBS_ARM_QPOS], f["obs"][V.OBS_HAND_QPOS]])
     pol.reset(0)
-    holds = [
-        np.allclose(pol.select_action(o, f["goal"]), np.clip(q, pol.lower, pol.upper)) for o in (stale, blind)
-    ]
+    holds = [np.allclose(pol.select_action(never, f["goal"]), np.clip(q, pol.lower, pol.upper))]
+    pol.select_action(f["obs"], f["goal"])  # a target is sent; a long dropout then repeats the last one
+    for _ in range(pol.config.hold_after):
+        pol.select_action(blind, f["goal"])
+    last = pol._last.copy()
+    holds.append(np.allclose(pol.select_action(blind, f["goal"]), last))
     return {
         "frames": len(frames),
         "shift_m": cfg.shift,
