@@ -20,7 +20,7 @@ import numpy as np
 
 from sim import tool as tool_mod
 from sim.camera import camera_pose_matrix
-from sim.cell import OBJECT_BODY, CellConfig, ObjectParams, build_cell, tool_joint_addresses
+from sim.cell import OBJECT_BODY, CellConfig, ObjectParams, build_cell, set_tool_at_weld, tool_joint_addresses
 
 _G = mujoco.mjtGeom
 
@@ -74,9 +74,6 @@ class CellGeometry:
         m = self.model
         self._adr = dict(zip(self.robot.joint_names, self.robot.qpos_adr, strict=True))
         self._tool_qadr, _ = tool_joint_addresses(m)
-        self._free_qadr = m.jnt_qposadr[m.joint("tweezer_free").id]
-        self._weld = m.equality("tool_weld").id
-        self._mount_body = int(m.eq_obj1id[self._weld])
         self._mount_site = m.site(self.cell.tool_mount_site).id
         arm_bodies = {m.body(b).id for b in tool_mod.ARM_BODIES}
         skip = {0, m.body(OBJECT_BODY).id}  # the table is a plane fitted from the cloud; the object is sought
@@ -137,13 +134,8 @@ class CellGeometry:
 
     def _place_tool(self) -> None:
         # The tool hangs on a weld, not a joint: put its free body where the weld holds it.
-        m, d = self.model, self.data
-        rel = m.eq_data[self._weld, 3:10]
-        pos, quat = np.zeros(3), np.zeros(4)
-        mujoco.mju_mulPose(pos, quat, d.xpos[self._mount_body], d.xquat[self._mount_body], rel[:3], rel[3:])
-        a = self._free_qadr
-        d.qpos[a : a + 3], d.qpos[a + 3 : a + 7] = pos, quat
-        mujoco.mj_kinematics(m, d)
+        set_tool_at_weld(self.model, self.data)
+        mujoco.mj_kinematics(self.model, self.data)
 
     # ------------------------------------------------------------------ queries
     def mount_pose(self) -> np.ndarray:

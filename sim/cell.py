@@ -484,6 +484,18 @@ def segmentation_table(model: mujoco.MjModel) -> np.ndarray:
     return labels
 
 
+def set_tool_at_weld(model: mujoco.MjModel, data: mujoco.MjData) -> None:
+    """Put the free tool's qpos where the ``tool_weld`` equality holds it (from the mount body's
+    current pose; call after kinematics). The caller recomputes kinematics or forward dynamics."""
+    weld = model.equality("tool_weld").id
+    mount = int(model.eq_obj1id[weld])
+    rel = model.eq_data[weld, 3:10]
+    pos, quat = np.zeros(3), np.zeros(4)
+    mujoco.mju_mulPose(pos, quat, data.xpos[mount], data.xquat[mount], rel[:3], rel[3:])
+    a = model.jnt_qposadr[model.joint("tweezer_free").id]
+    data.qpos[a : a + 3], data.qpos[a + 3 : a + 7] = pos, quat
+
+
 def tool_joint_addresses(model: mujoco.MjModel) -> tuple[np.ndarray, np.ndarray]:
     """qpos and dof addresses of the tweezer hinges, each int (2,)."""
     jids = [model.joint(j).id for j in TOOL_JOINTS]

@@ -28,6 +28,7 @@ from sim.cell import (
     RobotSpec,
     build_cell,
     segmentation_table,
+    set_tool_at_weld,
     tool_joint_addresses,
 )
 from sim.rendering import CameraRenderer
@@ -167,9 +168,6 @@ class TwinEnv(Backend):
         self.model, self._robot = model, robot
         self.data = mujoco.MjData(model)
         self._tool_qadr, self._tool_dadr = tool_joint_addresses(model)
-        self._free_qadr = model.jnt_qposadr[model.joint("tweezer_free").id]
-        self._weld = model.equality("tool_weld").id
-        self._mount_body = int(model.eq_obj1id[self._weld])
         self._object_body = model.body(OBJECT_BODY).id
         self._seg_table = segmentation_table(model)
         tool_bodies = [model.body(b).id for b in (tool_mod.BASE_BODY, *tool_mod.ARM_BODIES)]
@@ -214,13 +212,8 @@ class TwinEnv(Backend):
 
     def _place_tool_at_weld(self) -> None:
         """Put the free tool exactly where the weld holds it, so it does not jump."""
-        m, d = self.model, self.data
-        rel = m.eq_data[self._weld, 3:10]
-        pos, quat = np.zeros(3), np.zeros(4)
-        mujoco.mju_mulPose(pos, quat, d.xpos[self._mount_body], d.xquat[self._mount_body], rel[:3], rel[3:])
-        a = self._free_qadr
-        d.qpos[a : a + 3], d.qpos[a + 3 : a + 7] = pos, quat
-        mujoco.mj_forward(m, d)
+        set_tool_at_weld(self.model, self.data)
+        mujoco.mj_forward(self.model, self.data)
 
     def step(self, action: np.ndarray) -> StepResult:
         request = self._validate_action(action)
