@@ -20,7 +20,8 @@ import numpy as np
 
 from sim import tool as tool_mod
 from sim.camera import camera_pose_matrix
-from sim.cell import OBJECT_BODY, CellConfig, ObjectParams, build_cell, set_tool_at_weld, tool_joint_addresses
+from sim.cell import OBJECT_BODY, CellConfig, ObjectParams, build_cell
+from sim.cell_model import set_tool_at_weld, tool_joint_addresses
 
 _G = mujoco.mjtGeom
 

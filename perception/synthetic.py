@@ -26,7 +26,8 @@ from perception.cloud import CloudConfig, process_cloud
 from perception.labels import affordance_labels, tool_variant
 from sim import tool as tool_mod
 from sim.camera import camera_intrinsics, camera_pose, depth_to_points
-from sim.cell import OBJECT_SHAPES, WRIST_CAMERA, CellConfig, ObjectParams, build_cell, segmentation_table
+from sim.cell import OBJECT_SHAPES, WRIST_CAMERA, CellConfig, ObjectParams, build_cell
+from sim.cell_model import segmentation_table
 from sim.expert import PinchPostures
 from sim.ik import ArmIK, tool_down_rotation
 from sim.rendering import CameraRenderer

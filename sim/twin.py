@@ -27,10 +27,8 @@ from sim.cell import (
     CellConfig,
     RobotSpec,
     build_cell,
-    segmentation_table,
-    set_tool_at_weld,
-    tool_joint_addresses,
 )
+from sim.cell_model import segmentation_table, set_tool_at_weld, tool_joint_addresses
 from sim.rendering import CameraRenderer
 from sim.tasks import PrivilegedState, TaskInstance, make_task
 

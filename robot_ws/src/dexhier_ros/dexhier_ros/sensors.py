@@ -23,7 +23,8 @@ from dexhier_ros import messages as M
 from dexhier_ros.scheduling import leave_realtime
 from perception.pointcloud2 import to_pointcloud2
 from sim.camera import camera_intrinsics, camera_pose, depth_to_points
-from sim.cell import SCENE_CAMERA, WRIST_CAMERA, segmentation_table
+from sim.cell import SCENE_CAMERA, WRIST_CAMERA
+from sim.cell_model import segmentation_table
 from sim.rendering import CameraRenderer
 
 
