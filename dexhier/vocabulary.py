@@ -203,5 +203,5 @@ def controller_topic(group: str) -> str:
 
 
 def camera_topic(camera: str) -> str:
-    """Colour image topic of ``camera`` (the scene camera is ``/camera``, as DESIGN.md names it)."""
+    """Colour image topic of ``camera``; the scene camera is ``/camera`` (docs/ARCHITECTURE.md)."""
     return "/camera/color/image_raw" if camera == "scene" else f"/{camera}_camera/color/image_raw"

@@ -114,11 +114,3 @@ class ObjectObserver:
             V.PERC_TOOL_POINTS: tool.tool_points if tool else zeros,
             V.PERC_OBJECT_POINTS: obj.object_points if obj else zeros,
         }
-
-    @property
-    def seen_tool(self) -> bool:
-        return self._tool is not None
-
-    @property
-    def seen_object(self) -> bool:
-        return self._object is not None

@@ -88,6 +88,8 @@ def test_bad_inputs_raise_with_the_key(checkpoint, dataset):
         pol.predict_chunk({k: v for k, v in obs.items() if k != V.PERC_OBJECT}, None)
     with pytest.raises(ValueError, match="non-finite"):
         pol.predict_chunk({**obs, V.PERC_OBJECT: np.full(6, np.nan)}, None)
+    with pytest.raises(ValueError, match="tool_points"):
+        pol.predict_chunk({**obs, V.PERC_TOOL_POINTS: obs[V.PERC_TOOL_POINTS][:10]}, None)
     goal = {V.GOAL_TOOL_TIP_GAP: np.array([np.inf]), V.GOAL_TOOL_TIP_CENTER: np.zeros(3)}
     with pytest.raises(ValueError, match="goal"):
         pol.predict_chunk(obs, goal)

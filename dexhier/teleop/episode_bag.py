@@ -7,7 +7,8 @@ loses at most about that much. A bag left by a crash keeps its in-flight name; `
 recover`` rewrites it into a valid, indexed MCAP, ``episode_000007.incomplete.mcap``, which the
 recovered episode's meta names.
 
-Topics (DESIGN.md names): ``/joint_states``, the camera images, ``/dexhier/teleop/joy`` (the raw
+Topics (docs/ARCHITECTURE.md, "ROS 2 graph"): ``/joint_states``, the camera images,
+``/dexhier/teleop/joy`` (the raw
 device request), ``/dexhier/command/{arm,hand}`` (the joint request) and
 ``/{arm,hand}_controller/joint_trajectory`` (what the supervisor forwarded). Message times are the
 twin's clock, the time the messages would carry on the graph.

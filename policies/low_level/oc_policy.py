@@ -90,6 +90,9 @@ class ObjectCentricPolicy:
     # ------------------------------------------------------------ inference
     def _inputs(self, obs: Mapping[str, Any], goal: Mapping[str, Any] | None):
         F.check(obs)
+        for key in (V.PERC_TOOL_POINTS, V.PERC_OBJECT_POINTS):
+            if np.shape(obs[key]) != (self.config.n_points, 3):
+                raise ValueError(f"{key} must be ({self.config.n_points}, 3), got {np.shape(obs[key])}")
         q = F.proprio(obs)
         if q.shape != (len(self.joint_names),):
             raise ValueError(f"proprio has {q.shape} values, the policy has {len(self.joint_names)} joints")

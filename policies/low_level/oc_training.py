@@ -23,7 +23,7 @@ from dexhier.episodes import EpisodeDataset
 from policies.low_level import oc_features as F
 from policies.low_level.edm import sample_training_sigma, training_target
 from policies.low_level.object_centric import OCConfig
-from policies.low_level.tip_actions import tip_chunks, wrap
+from policies.low_level.tip_actions import tip_rows, wrap
 from policies.normalization import MinMaxNormalizer
 from policies.optim import allreduce_gradients, dist_info, ema_update, warmup_cosine
 
@@ -89,8 +89,8 @@ class OCData:
                         from policies.low_level.tip_actions import TipKinematics
 
                         kin = TipKinematics(meta_names)
-                    rows["tip_target"] = tip_chunks(kin, rows["proprio"], rows["action"])
-                    rows["tip_now"] = tip_chunks(kin, rows["proprio"], rows["proprio"])
+                    rows["tip_target"] = tip_rows(kin, rows["action"])
+                    rows["tip_now"] = tip_rows(kin, rows["proprio"])
                 for k, v in rows.items():
                     arrays.setdefault(k, []).append(v)
                 starts.append(n)

@@ -1,8 +1,8 @@
 """The goal-conditioned low-level policy: observation + goal -> a chunk of arm and hand joint targets.
 
-Contract (DESIGN.md): ``predict_chunk(obs, goal) -> actions (H, A)`` is pure; ``select_action(obs,
-goal) -> action (A,)`` keeps a queue of the current chunk (and the proprio history) and replans
-every ``exec_steps``; ``reset()`` clears both. Neither mutates its inputs.
+Contract (docs/ARCHITECTURE.md, "Low-level policy"): ``predict_chunk(obs, goal) -> actions (H, A)``
+is pure; ``select_action(obs, goal) -> action (A,)`` keeps a queue of the current chunk (and the
+proprio history) and replans every ``exec_steps``; ``reset()`` clears both. Neither mutates its inputs.
 
 Observation keys (``dexhier.vocabulary``): ``arm/qpos`` (n_arm,), ``hand/qpos`` (n_hand,),
 ``tool/tip_gap`` (1,) in m, and ``rgb/<camera>`` uint8 (S, S, 3) for each configured camera.

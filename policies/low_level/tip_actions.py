@@ -70,9 +70,8 @@ class TipKinematics:
         return out
 
 
-def tip_chunks(kin: TipKinematics, q: np.ndarray, action: np.ndarray) -> np.ndarray:
-    """Per step of an episode, the tip-frame form of the commanded joints ``action`` (T, A) against
-    the measured joints ``q`` (T, A): absolute (T, 4 + n_hand) rows [position, yaw, hand joints],
-    from which ``OCData`` builds offsets."""
-    pos, yaw = kin.poses(action)
-    return np.concatenate([pos, yaw[:, None], action[:, kin.n_arm :]], axis=1)
+def tip_rows(kin: TipKinematics, joints: np.ndarray) -> np.ndarray:
+    """The tip-frame form (T, 4 + n_hand) of joint rows (T, A): [position, yaw, hand joints];
+    ``OCData`` takes offsets of commanded rows from measured ones."""
+    pos, yaw = kin.poses(joints)
+    return np.concatenate([pos, yaw[:, None], joints[:, kin.n_arm :]], axis=1)

@@ -64,7 +64,8 @@ from dexhier_ros import messages as M
 from dexhier_ros.runtime import parameter, run_node
 
 CAMERA = "scene"
-"""The graph's camera (DESIGN.md: /camera/...): the twin's scene camera or the cell's RGB-D camera."""
+"""The graph's camera (docs/ARCHITECTURE.md: /camera/...): the twin's scene camera or the cell's
+RGB-D camera."""
 DEPTH_TOPIC = "/camera/depth/image_raw"
 GROUPS = ("arm", "hand")
 HELD_VERDICTS = frozenset({"held_stale", "held_estop", "rejected"})
